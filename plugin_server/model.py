@@ -1,0 +1,116 @@
+"""The AutoRetouch generator: one definition for the engine and the trainer.
+
+Following the AutoRetouch paper (WACV 2021): fully convolutional, one 2x downscale only
+(deeper downscaling loses skin texture), a residual body at half resolution, learned
+upsampling (conv + pixel shuffle) and an additive global skip, so ``G(x) = x + R(x)`` and
+most pixels pass through unchanged.
+
+    g = Generator()                      # default configuration
+    y = g(x)                             # x: (N, 3, H, W) in [0, 1], any H, W >= 1
+    r = g.residual(x)                    # the predicted edit alone
+
+The model declares ``receptive_radius`` and ``stride`` so that the tiled engine can derive
+its margins and alignment instead of hard-coding them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGE_CHANNELS = 3
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Width and depth of the generator; saved inside every checkpoint."""
+
+    full_channels: int = 16  # features at full resolution (head and tail)
+    body_channels: int = 32  # features at half resolution
+    blocks: int = 6  # residual blocks at half resolution
+    kernel_size: int = 3
+
+    def __post_init__(self) -> None:
+        if self.kernel_size % 2 != 1 or self.kernel_size < 1:
+            raise ValueError(f"kernel_size must be odd and positive, got {self.kernel_size}")
+        for name in ("full_channels", "body_channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.blocks < 0:
+            raise ValueError(f"blocks must be >= 0, got {self.blocks}")
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int, k: int) -> None:
+        super().__init__()
+        self.conv1 = _conv(channels, channels, k)
+        self.conv2 = _conv(channels, channels, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.leaky_relu(self.conv1(x), 0.2))
+
+
+class Generator(nn.Module):
+    """Fully convolutional retouching generator with a global additive skip.
+
+    No normalisation layers: every output pixel depends only on its neighbourhood, never on
+    tile statistics, which is what makes tiled inference exact.
+    """
+
+    stride = 2  # the one downscale
+
+    def __init__(self, config: GeneratorConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or GeneratorConfig()
+        k, cf, cb = config.kernel_size, config.full_channels, config.body_channels
+        self.head = _conv(IMAGE_CHANNELS, cf, k)
+        self.down = _conv(cf, cb, k, stride=2)
+        self.body = nn.Sequential(*(ResidualBlock(cb, k) for _ in range(config.blocks)))
+        self.up = _conv(cb, cf * 4, k)
+        self.shuffle = nn.PixelShuffle(2)
+        self.tail = _conv(cf, IMAGE_CHANNELS, k)
+        # Start close to the identity: the skip carries the image and the edit grows from small.
+        with torch.no_grad():
+            self.tail.weight.mul_(0.1)
+            self.tail.bias.zero_()
+
+    @property
+    def receptive_radius(self) -> int:
+        """How far (in input pixels) an output pixel can see, in the worst direction."""
+        h = self.config.kernel_size // 2
+        # head at full res; down conv; 2 convs per block and the up conv at half res (x2);
+        # the pixel shuffle's odd output phase reaches one more input pixel; tail at full res.
+        return h + h + 2 * h * (2 * self.config.blocks + 1) + 1 + h
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """The predicted edit R(x), so that G(x) = x + R(x). x: (N, 3, H, W)."""
+        height, width = x.shape[-2:]
+        f = F.leaky_relu(self.head(x), 0.2)  # (N, cf, H, W)
+        f = F.leaky_relu(self.down(f), 0.2)  # (N, cb, ceil(H/2), ceil(W/2))
+        f = self.body(f)
+        f = F.leaky_relu(self.shuffle(self.up(f)), 0.2)  # (N, cf, 2*ceil(H/2), 2*ceil(W/2))
+        return self.tail(f[..., :height, :width])  # (N, 3, H, W)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.residual(x)
+
+    def flops_per_pixel(self) -> float:
+        """Multiply-adds x 2 per input pixel, for roofline figures."""
+        c, k2 = self.config, self.config.kernel_size**2
+        full = IMAGE_CHANNELS * c.full_channels + c.full_channels * IMAGE_CHANNELS
+        half = (
+            c.full_channels * c.body_channels
+            + 2 * c.blocks * c.body_channels**2
+            + c.body_channels * 4 * c.full_channels
+        ) / 4
+        return 2.0 * k2 * (full + half)

@@ -1,0 +1,97 @@
+"""`autoretouch retouch` as a user runs it: a real process on real photos."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import make_edit_generator
+from plugin_server import checkpoint, imageio
+from plugin_server.engine import retouch
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "g.pt"
+    checkpoint.save(path, make_edit_generator())
+    return path
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory, portraits_dir):
+    """A crop of a real studio JPEG, saved with its ICC profile."""
+    picture = imageio.read(portraits_dir / "pexels-aadil-2598024.jpg")
+    path = tmp_path_factory.mktemp("in") / "portrait.jpg"
+    imageio.write(path, picture.with_pixels(picture.pixels[1500:1800, 1400:1650].copy()))
+    return path
+
+
+def run(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "plugin_server", *map(str, args)],
+        capture_output=True, text=True, timeout=120, cwd=cwd,
+    )
+
+
+@pytest.mark.parametrize("suffix", ["png", "tif", "jpg"])
+def test_retouch_writes_engine_output_with_icc(tmp_path, photo, model_file, suffix):
+    out = tmp_path / f"out.{suffix}"
+    result = run("retouch", photo, out, "--checkpoint", model_file, "--strength", "0.8", "--tile-size", "96")
+    assert result.returncode == 0, result.stderr
+    source = imageio.read(photo)
+    expected = retouch(source.pixels, make_edit_generator(), strength=0.8)
+    written = imageio.read(out)
+    assert written.icc_profile == source.icc_profile
+    if suffix == "jpg":  # the same encoder on the same pixels gives the same file
+        reference = imageio.decode(imageio.encode(source.with_pixels(expected)))
+        assert np.array_equal(written.pixels, reference.pixels)
+    else:
+        assert np.abs(written.pixels.astype(int) - expected).max() <= 1
+
+
+def test_16_bit_tiff_stays_16_bit(tmp_path, photo, model_file):
+    source = imageio.read(photo)
+    deep = tmp_path / "deep.tif"
+    imageio.write(deep, source.with_pixels(source.pixels.astype(np.uint16) * 257))
+    result = run("retouch", deep, tmp_path / "deep-out.tif", "--checkpoint", model_file)
+    assert result.returncode == 0, result.stderr
+    out = imageio.read(tmp_path / "deep-out.tif").pixels
+    assert out.dtype == np.uint16 and (out % 257 != 0).mean() > 0.5  # real 16-bit values
+
+
+def user_error(result, *words):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+def test_refuses_to_overwrite_its_input(tmp_path, photo, model_file):
+    before = photo.read_bytes()
+    user_error(run("retouch", photo, photo, "--checkpoint", model_file), "is the input file")
+    link = tmp_path / "same.jpg"
+    os.link(photo, link)
+    user_error(run("retouch", photo, link, "--checkpoint", model_file), "is the input file")
+    assert photo.read_bytes() == before
+
+
+def test_clear_errors_for_bad_input_and_options(tmp_path, photo, model_file):
+    user_error(run("retouch", photo, tmp_path / "o.png"), "--checkpoint")
+    user_error(run("retouch", tmp_path / "missing.jpg", tmp_path / "o.png", "--checkpoint", model_file), "missing.jpg")
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    user_error(run("retouch", tmp_path / "notes.jpg", tmp_path / "o.png", "--checkpoint", model_file), "not a PNG, JPEG or TIFF")
+    user_error(run("retouch", photo, tmp_path / "o.png", "--checkpoint", model_file, "--strength", "3"), "between 0 and 2")
+    user_error(run("retouch", photo, tmp_path / "o.webp", "--checkpoint", model_file), ".webp")
+    user_error(run("retouch", photo, tmp_path / "no" / "o.png", "--checkpoint", model_file), "does not exist")
+    user_error(run("retouch", photo, tmp_path / "o.png", "--checkpoint", photo), "not an AutoRetouch checkpoint")
+    user_error(run("retouch", photo, tmp_path / "o.png", "--checkpoint", model_file, "--device", "cuda:3"), "CUDA")
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_help_explains_every_option():
+    result = run("retouch", "--help")
+    assert result.returncode == 0
+    for option in ("--checkpoint", "--strength", "--tile-size", "--device", "--precision"):
+        assert option in result.stdout
