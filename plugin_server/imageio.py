@@ -19,13 +19,14 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import imagecodecs
 import numpy as np
 import tifffile
 from PIL import Image
 
-from . import png_chunks
+from . import png_chunks, tiff_exif
 from .errors import BadImageError, UnsupportedFormatError
 
 MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "tiff": "image/tiff"}
@@ -138,7 +139,7 @@ def read(path: str | os.PathLike) -> Picture:
         raise UnsupportedFormatError(f"{path}: {exc}") from exc
     except BadImageError as exc:
         raise BadImageError(f"{path}: {exc}") from exc
-    except Exception as exc:
+    except Exception as exc:  # tifffile raises many types for corrupt input
         raise BadImageError(f"{path}: the TIFF image is damaged or truncated ({exc})") from exc
 
 
@@ -150,7 +151,7 @@ def write(path: str | os.PathLike, picture: Picture) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "w+b") as f:
             if picture.format == "tiff":
                 _write_tiff(f, picture)  # streams: no encoded copy in memory
             else:
@@ -241,6 +242,7 @@ def _decode_tiff(source: io.BytesIO | Path) -> Picture:
             pixels = np.moveaxis(pixels, 0, -1)
         icc_tag = page.tags.get(_TIFF_ICC_TAG)
         icc = bytes(icc_tag.value) if icc_tag is not None else None
+        exif = tiff_exif.read(tif.filehandle)
     if pixels.ndim not in (2, 3):
         raise BadImageError(f"the TIFF holds a {pixels.ndim}-dimensional array; only single images are supported")
     if pixels.dtype in (np.float16, np.float64):
@@ -252,13 +254,15 @@ def _decode_tiff(source: io.BytesIO | Path) -> Picture:
     pixels = _as_hwc(pixels)
     if pixels.shape[-1] not in (1, 3, 4):
         raise BadImageError(f"the TIFF has {pixels.shape[-1]} channels; only gray, RGB and RGBA are supported")
-    return Picture(pixels, "tiff", icc, None)
+    return Picture(pixels, "tiff", icc, exif)
 
 
-def _write_tiff(target, picture: Picture) -> None:
+def _write_tiff(target: BinaryIO, picture: Picture) -> None:
+    """Write to a seekable, readable ``target``; EXIF's sub-IFD is appended afterwards."""
     pixels = picture.pixels
     channels = pixels.shape[-1]
     extratags = [(_TIFF_ICC_TAG, 7, len(picture.icc_profile), picture.icc_profile, True)] if picture.icc_profile else []
+    extratags += tiff_exif.extratags(picture.exif) if picture.exif else []
     tifffile.imwrite(
         target,
         pixels[..., 0] if channels == 1 else pixels,
@@ -267,6 +271,11 @@ def _write_tiff(target, picture: Picture) -> None:
         extratags=extratags,
         metadata=None,
     )
+    if any(tag[0] == tiff_exif.PLACEHOLDER for tag in extratags):
+        target.seek(0)
+        with tifffile.TiffFile(target) as tif:
+            pointer, byteorder = tif.pages.first.tags[tiff_exif.PLACEHOLDER].valueoffset, tif.byteorder
+        tiff_exif.append_sub_ifd(target, picture.exif, pointer, byteorder)
 
 
 def _exif_bytes(exif) -> bytes | None:

@@ -13,7 +13,10 @@ from plugin_server.errors import BadImageError, UnsupportedFormatError
 def exif_block() -> bytes:
     exif = Image.Exif()
     exif[0x010F] = "AutoRetouch Test Camera"  # Make
-    exif[0x0131] = "studio pipeline"  # Software
+    exif[0x0112] = 6  # Orientation: rotated, which a viewer must keep honouring
+    camera = exif.get_ifd(0x8769)
+    camera[0x9003] = "2026:11:24 09:30:00"  # DateTimeOriginal
+    camera[0x8827] = 200  # ISO
     return exif.tobytes()
 
 
@@ -45,7 +48,7 @@ WRITABLE = [
 @pytest.mark.parametrize("fmt, variant", WRITABLE)
 def test_round_trip_keeps_pixels_depth_alpha_icc_exif(tmp_path, pexels, fmt, variant):
     pixels = VARIANTS[variant](pexels.pixels)
-    source = imageio.Picture(pixels, fmt, pexels.icc_profile, exif_block() if fmt != "tiff" else None)
+    source = imageio.Picture(pixels, fmt, pexels.icc_profile, exif_block())
     path = tmp_path / f"photo.{ {'jpeg': 'jpg', 'png': 'png', 'tiff': 'tif'}[fmt] }"
     imageio.write(path, source)
     back = imageio.read(path)
@@ -93,3 +96,14 @@ def test_unknown_data_and_suffixes_are_refused(tmp_path, pexels):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(BadImageError, match="cannot read"):
         imageio.read(tmp_path / "missing.png")
+
+
+def test_tiff_exif_is_a_real_exif_ifd_for_other_readers(tmp_path, pexels):
+    import tifffile
+
+    imageio.write(tmp_path / "x.tif", imageio.Picture(pexels.pixels.astype(np.uint16), "tiff", None, exif_block()))
+    with tifffile.TiffFile(tmp_path / "x.tif") as tif:
+        tags = tif.pages.first.tags
+        assert tags["Make"].value == "AutoRetouch Test Camera" and tags["Orientation"].value == 6
+        assert tags["ExifTag"].value["ISOSpeedRatings"] == 200
+        assert np.array_equal(tif.pages.first.asarray(), pexels.pixels.astype(np.uint16))
