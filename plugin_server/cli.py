@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import __version__, checkpoint, engine, imageio
+from . import __version__, checkpoint, engine, gimp_install, imageio
 from .errors import AutoRetouchError, BadOptionError
 
 EXIT_FAILURE = 1
@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"autoretouch {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _register_retouch(subparsers)
+    gimp_install.register(subparsers)
     return parser
 
 

@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+#   AutoRetouch for GIMP 3: automatic face retouching by a local AutoRetouch server.
+#
+#   Filters ▸ Enhance ▸ AutoRetouch… sends the active layer (or the selected part of it) to the
+#   server started with `autoretouch-server` and puts the retouched pixels back at the image's
+#   own precision.  Scripts call the same procedure, "plug-in-autoretouch", with the arguments
+#   strength, output-mode and server-url.
+#
+#   Only this file calls GIMP.  Pixel formats, msgpack, regions and messages live in
+#   autoretouch_protocol.py; HTTP lives in autoretouch_client.py.  See docs/gimp.md.
+
+import gi
+gi.require_version('Gimp', '3.0')
+from gi.repository import Gimp
+gi.require_version('GimpUi', '3.0')
+from gi.repository import GimpUi
+gi.require_version('Gegl', '0.4')
+from gi.repository import Gegl
+gi.require_version('Babl', '0.1')
+from gi.repository import Babl
+from gi.repository import GObject
+from gi.repository import GLib
+import queue
+import sys
+import threading
+
+import autoretouch_client as client
+import autoretouch_protocol as protocol
+
+PROC_NAME = "plug-in-autoretouch"
+LAYER_NAME = "AutoRetouch"
+
+
+def N_(message): return message
+def _(message): return GLib.dgettext(None, message)
+
+
+def autoretouch_run(procedure, run_mode, image, drawables, config, data):
+    if run_mode == Gimp.RunMode.INTERACTIVE:
+        GimpUi.init(PROC_NAME)
+        dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config)
+        dialog.fill(None)
+        if not dialog.run():
+            dialog.destroy()
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        dialog.destroy()
+
+    strength = config.get_property('strength')
+    mode = config.get_property('output-mode')
+    url = config.get_property('server-url')
+
+    try:
+        base_url = protocol.normalize_url(url)
+        layer = _only_layer(drawables)
+        job = _read_layer(image, layer)
+        reply = _retouch_off_main_thread(base_url, job.prepared.body, strength)
+        pixels = protocol.decode_reply(reply, job.region.width, job.region.height, job.fmt,
+                                       job.prepared.kept_alpha)
+    except protocol.RetouchError as err:
+        return _error(procedure, str(err))
+    except Exception as err:  # a bug; the image is untouched so far
+        return _error(procedure, f"AutoRetouch failed unexpectedly: {err!r}. Please report this.")
+
+    # Everything that can fail for an outside reason has happened: now change the image.
+    Gimp.context_push()
+    image.undo_group_start()
+    try:
+        _write_result(image, layer, job, pixels, mode)
+    except Exception as err:  # a bug: say so rather than report success
+        return _error(procedure, f"AutoRetouch could not write the result: {err!r}. "
+                                 "Please report this; Edit ▸ Undo reverts any partial change.")
+    finally:
+        image.undo_group_end()
+        Gimp.context_pop()
+    Gimp.displays_flush()
+    return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+
+
+def _error(procedure, message):
+    return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, GLib.Error(message))
+
+
+def _only_layer(drawables):
+    if len(drawables) != 1:
+        raise protocol.RetouchError(_("AutoRetouch works on one layer at a time: select a single "
+                                      "layer in the Layers dialog."))
+    layer = drawables[0]
+    if not isinstance(layer, Gimp.Layer) or isinstance(layer, Gimp.LayerMask):
+        raise protocol.RetouchError(_("AutoRetouch works on layers, not on channels or masks: "
+                                      "select a layer in the Layers dialog."))
+    if layer.is_group():
+        raise protocol.RetouchError(_("AutoRetouch cannot work on a layer group: select one of "
+                                      "its layers."))
+    return layer
+
+
+class _Job:
+    def __init__(self, region, fmt, babl_name, prepared):
+        self.region = region        # protocol.Region in layer coordinates
+        self.fmt = fmt              # protocol.WireFormat
+        self.babl_name = babl_name  # fmt.babl, or the layer's own format with its colour space
+        self.prepared = prepared    # protocol.Prepared
+
+
+def _read_layer(image, layer):
+    base = {Gimp.ImageBaseType.RGB: "rgb", Gimp.ImageBaseType.GRAY: "gray"}.get(
+        image.get_base_type(), "indexed")
+    fmt = protocol.wire_format(image.get_precision().value_name, base, layer.has_alpha())
+
+    _, selected, x1, y1, x2, y2 = Gimp.Selection.bounds(image)
+    _, off_x, off_y = layer.get_offsets()
+    region = protocol.selection_region((off_x, off_y), (layer.get_width(), layer.get_height()),
+                                       (x1, y1, x2, y2) if selected else None)
+    if region is None:
+        raise protocol.RetouchError(_("The selection does not touch the active layer: select part "
+                                      "of the layer, or Select ▸ None to retouch all of it."))
+
+    # A plain babl name such as "R'G'B'A u16" means sRGB primaries.  When the layer already
+    # stores fmt.babl, use its own format's name, which carries its colour space ("...-<space>"):
+    # no conversion at all, so every bit and any ICC profile's primaries survive the round trip.
+    own = layer.get_format()
+    babl_name = Babl.get_name(own) if Babl.format_get_encoding(own) == fmt.babl else fmt.babl
+    rect = Gegl.Rectangle.new(region.x, region.y, region.width, region.height)
+    pixels = layer.get_buffer().get(rect, 1.0, babl_name, Gegl.AbyssPolicy.NONE)
+    return _Job(region, fmt, babl_name, protocol.encode_request(bytes(pixels), region.width,
+                                                                region.height, fmt))
+
+
+def _retouch_off_main_thread(base_url, body, strength):
+    """HTTP runs in a worker thread; this (main) thread alone calls libgimp for progress."""
+    events = queue.Queue()
+    cancel = threading.Event()
+    watchdog = client.Watchdog(base_url)
+
+    def work():
+        try:
+            result = client.run_job(client.Client(base_url), body, strength,
+                                    on_progress=lambda f: events.put(("progress", f)),
+                                    on_job=watchdog.watch, cancel=cancel)
+            events.put(("done", result))
+        except protocol.RetouchError as err:
+            events.put(("error", err))
+        except Exception as err:  # a bug, but the user still deserves a sentence
+            events.put(("error", protocol.RetouchError(
+                f"AutoRetouch failed unexpectedly: {err!r}. Please report this.")))
+
+    Gimp.progress_init(_("AutoRetouch: retouching on the server…"))
+    worker = threading.Thread(target=work, name="autoretouch-http", daemon=True)
+    worker.start()
+    try:
+        while True:
+            try:
+                kind, value = events.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if kind == "progress":
+                Gimp.progress_update(value)
+            elif kind == "done":
+                return value
+            else:
+                raise value
+    finally:
+        cancel.set()
+        worker.join(timeout=15)
+        watchdog.close()
+        Gimp.progress_end()
+
+
+def _write_result(image, layer, job, pixels, mode):
+    region = job.region
+    rect = Gegl.Rectangle.new(region.x, region.y, region.width, region.height)
+    fmt = job.babl_name
+
+    if mode == "in-place":
+        target = layer
+    else:
+        target = layer.copy()
+        target.set_name(LAYER_NAME)
+        image.insert_layer(target, layer.get_parent(), image.get_item_position(layer))
+
+    if mode == "new-layer-mask":
+        # The layer mask does the blending (from the selection, or white), so the whole region
+        # goes in unblended and stays editable.  The layer is new: its undo is the insertion.
+        if target.get_mask() is not None:
+            target.remove_mask(Gimp.MaskApplyMode.DISCARD)
+        buffer = target.get_buffer()
+        buffer.set(rect, fmt, pixels)
+        buffer.flush()
+        selected = not Gimp.Selection.is_empty(image)
+        mask = target.create_mask(Gimp.AddMaskType.SELECTION if selected
+                                  else Gimp.AddMaskType.WHITE)
+        target.add_mask(mask)
+    else:
+        # Shadow buffer + merge: GIMP composites through the selection (feathering included)
+        # and pushes one undo step, exactly as its own filters do.
+        shadow = target.get_shadow_buffer()
+        shadow.set(rect, fmt, pixels)
+        shadow.flush()
+        target.merge_shadow(True)
+    target.update(region.x, region.y, region.width, region.height)
+
+
+class AutoRetouch(Gimp.PlugIn):
+    def do_set_i18n(self, procname):
+        return False
+
+    def do_query_procedures(self):
+        return [PROC_NAME]
+
+    def do_create_procedure(self, name):
+        Gegl.init(None)
+        procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN,
+                                            autoretouch_run, None)
+        procedure.set_image_types("RGB*, GRAY*")
+        procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
+        procedure.set_menu_label(_("_AutoRetouch..."))
+        procedure.add_menu_path("<Image>/Filters/Enhance")
+        procedure.set_documentation(
+            _("Retouch faces automatically (AutoRetouch server)"),
+            _("Sends the active layer, or the selected part of it, to a running AutoRetouch "
+              "server (`autoretouch-server`) and puts the retouched pixels back at the image's "
+              "precision: as a new layer, a new layer with a mask, or in place."),
+            name)
+        procedure.set_attribution("AutoRetouch", "AutoRetouch", "2026")
+
+        procedure.add_double_argument("strength", _("_Strength"),
+                                      _("How strongly to retouch: 0 = unchanged, 1 = as trained, "
+                                        "up to 2 = exaggerated"),
+                                      0.0, 2.0, 1.0, GObject.ParamFlags.READWRITE)
+        modes = Gimp.Choice.new()
+        modes.add("new-layer", 0, _("New layer"), _("A new layer above the source"))
+        modes.add("new-layer-mask", 1, _("New layer with mask"),
+                  _("A new layer above the source, with a layer mask from the selection"))
+        modes.add("in-place", 2, _("In place"), _("Change the layer itself"))
+        procedure.add_choice_argument("output-mode", _("_Output"), _("Where the result goes"),
+                                      modes, "new-layer", GObject.ParamFlags.READWRITE)
+        procedure.add_string_argument("server-url", _("Server _URL"),
+                                      _("Address of the AutoRetouch server"),
+                                      protocol.DEFAULT_URL, GObject.ParamFlags.READWRITE)
+        return procedure
+
+
+Gimp.main(AutoRetouch.__gtype__, sys.argv)
