@@ -26,9 +26,9 @@ from .tiling import Region, TilePlan
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MAX_STRENGTH = 2.0
 _SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.float32): 1.0}
-# Largest core side tried when the caller gives none; beyond this, CPU throughput stops
-# improving and GPU batches fill the device instead.
-_MAX_AUTO_CORE = {"cpu": 1024, "cuda": 2048}
+# Largest core side tried when the caller gives none: larger cores waste less on margins,
+# and on GPU batches of them fill the device.
+_MAX_AUTO_CORE = {"cpu": 2048, "cuda": 2048}
 _MAX_BATCH = 16
 _MEMORY_FRACTION = 0.5
 
@@ -215,10 +215,11 @@ def auto_tile(model: Generator, device: torch.device, dtype: torch.dtype, height
     budget = free_memory(device) * _MEMORY_FRACTION
     per_px = _bytes_per_window_pixel(model, dtype)
     margin = 2 * math.ceil(model.receptive_radius / model.stride) * model.stride
-    core = _MAX_AUTO_CORE[device.type]
-    while core > 64 and (core + margin) ** 2 * per_px > budget:
-        core //= 2
-    core = min(core, max(height, width))
+    largest = _MAX_AUTO_CORE[device.type]
+    while largest > 64 and (largest + margin) ** 2 * per_px > budget:
+        largest //= 2
+    # Split each side evenly: a 1414-pixel side makes two 708 cores, not 1024 + 390.
+    core = max(-(-side // -(-side // largest)) for side in (height, width))
     return core, _auto_batch(model, device, dtype, core) if device.type == "cuda" else 1
 
 
