@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import __version__, checkpoint, engine, gimp_install, imageio
+from . import __version__, batch, checkpoint, client, engine, gimp_install, imageio
 from .errors import AutoRetouchError, BadOptionError
 
 EXIT_FAILURE = 1
@@ -49,6 +49,13 @@ def _register_retouch(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("input", metavar="IN", help="photo to retouch")
     parser.add_argument("output", metavar="OUT", help="where to write the result (.png, .jpg, .tif); never IN itself")
+    parser.add_argument(
+        "--server", metavar="URL",
+        help=f"retouch on this AutoRetouch server (default: {client.DEFAULT_URL} when it answers and no "
+        "--checkpoint is given, else in this process; the pixels are the same either way)",
+    )
+    parser.add_argument("--token", default=os.environ.get("AUTORETOUCH_TOKEN"),
+                        help="bearer token for a server started with --token (default: $AUTORETOUCH_TOKEN)")
     add_engine_options(parser)
     parser.set_defaults(handler=_retouch_command)
 
@@ -62,12 +69,17 @@ def _retouch_command(args: argparse.Namespace) -> int:
     engine.check_strength(args.strength)
     picture = imageio.read(src)
     imageio.check_writable(imageio.format_for_path(dst), picture.pixels)
-    generator, _ = checkpoint.load(checkpoint.resolve(args.checkpoint))
-    pixels = engine.retouch(
-        picture.pixels, generator, strength=args.strength, tile_size=args.tile_size,
-        device=args.device, precision=args.precision, progress=_progress_printer(src.name),
-    )
-    imageio.write(dst, picture.with_pixels(pixels))
+    progress = _progress_printer(src.name)
+    servers = client.servers_to_use([args.server] if args.server else None, args.checkpoint, args.token)
+    if servers:
+        result = client.retouch_picture(picture, servers[0], args.strength, args.token, progress=progress)
+    else:
+        generator, _ = checkpoint.load(checkpoint.resolve(args.checkpoint))
+        result = picture.with_pixels(engine.retouch(
+            picture.pixels, generator, strength=args.strength, tile_size=args.tile_size,
+            device=args.device, precision=args.precision, progress=progress,
+        ))
+    imageio.write(dst, result)
     return 0
 
 
@@ -99,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"autoretouch {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     _register_retouch(subparsers)
+    batch.register(subparsers)
     gimp_install.register(subparsers)
     return parser
 

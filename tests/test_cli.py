@@ -95,3 +95,20 @@ def test_help_explains_every_option():
     assert result.returncode == 0
     for option in ("--checkpoint", "--strength", "--tile-size", "--device", "--precision"):
         assert option in result.stdout
+
+
+def test_retouch_through_a_server_gives_the_in_process_pixels(tmp_path, photo, model_file):
+    from server_fixtures import start_server
+
+    server = start_server(model_file, "--tile-size", "96", log_dir=tmp_path)
+    try:
+        via_server = tmp_path / "server.png"
+        result = run("retouch", photo, via_server, "--server", server.url)
+        assert result.returncode == 0, result.stderr
+    finally:
+        server.stop()
+    local = tmp_path / "local.png"
+    assert run("retouch", photo, local, "--checkpoint", model_file).returncode == 0
+    served, mine = imageio.read(via_server), imageio.read(local)
+    assert np.array_equal(served.pixels, mine.pixels) and served.icc_profile == mine.icc_profile
+    user_error(run("retouch", photo, tmp_path / "x.png", "--server", server.url), "not running", server.url)

@@ -1,0 +1,102 @@
+"""Host, Origin and token rules, as pure functions and on the real server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from plugin_server.server.security import is_allowed_origin, is_loopback_host_header, token_matches
+from server_fixtures import make_checkpoint, start_server
+
+TOKEN = "s3cret-token"
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:8377", "LOCALHOST:1", "127.0.0.1", "127.0.0.1:8377",
+                                  "127.1.2.3:9", "[::1]", "[::1]:8377"])
+def test_loopback_hosts_are_allowed(host):
+    assert is_loopback_host_header(host)
+
+
+@pytest.mark.parametrize("host", [None, "", "evil.com", "evil.com:8377", "127.0.0.1.evil.com", "localhost.evil.com",
+                                  "0.0.0.0", "192.168.1.2:8377", "[::2]:80", "::1", "localhost:port", "[::1]x"])
+def test_foreign_hosts_are_refused(host):
+    assert not is_loopback_host_header(host)
+
+
+@pytest.mark.parametrize("origin", [None, "http://localhost", "http://localhost:3000", "https://127.0.0.1:8377",
+                                    "http://[::1]:5173"])
+def test_local_origins_are_allowed(origin):
+    assert is_allowed_origin(origin)
+
+
+@pytest.mark.parametrize("origin", ["null", "http://evil.com", "http://localhost.evil.com", "file://",
+                                    "http://127.0.0.1:99999", "ftp://localhost", ""])
+def test_foreign_origins_are_refused(origin):
+    assert not is_allowed_origin(origin)
+
+
+def test_token_comparison():
+    assert token_matches(f"Bearer {TOKEN}", TOKEN) and token_matches(f"bearer  {TOKEN} ", TOKEN)
+    for header in (None, "", TOKEN, f"Basic {TOKEN}", "Bearer wrong", f"Bearer {TOKEN}x"):
+        assert not token_matches(header, TOKEN)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("security") / "g.pt")
+
+
+@pytest.fixture(scope="module")
+def server(ckpt):
+    server = start_server(ckpt, token=TOKEN)
+    yield server
+    server.stop()
+
+
+def test_token_is_required_on_every_request(server):
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {TOKEN}"}):
+        status, body = server.json("GET", "/v1/health", headers=headers)
+        assert status == 401 and body["error"]["code"] == "unauthorized"
+    status, body = server.json("POST", "/v1/jobs", headers={"Authorization": "Bearer nope"})
+    assert status == 401
+    assert server.json("GET", "/v1/health")[0] == 200  # the fixture sends the right token
+
+
+@pytest.mark.parametrize("host", ["evil.com", "attacker.example:8377", "192.168.0.10:8377"])
+def test_dns_rebinding_host_is_refused(server, host):
+    status, body = server.json("GET", "/v1/health", headers={"Host": host})
+    assert status == 403 and body["error"]["code"] == "forbidden"
+
+
+def test_missing_host_is_refused(server):
+    status, _, _ = server.request("GET", "/v1/health", skip_host=True)
+    assert status in (400, 403)  # aiohttp's parser refuses HTTP/1.1 without Host before any handler
+
+
+@pytest.mark.parametrize("host", ["localhost:1234", "127.0.0.1", "[::1]:8377"])
+def test_loopback_host_is_served(server, host):
+    assert server.json("GET", "/v1/health", headers={"Host": host})[0] == 200
+
+
+def test_foreign_origin_is_refused_and_local_one_served(server):
+    status, body = server.json("POST", "/v1/retouch", body=b"x", headers={"Origin": "https://evil.com",
+                                                                          "Content-Type": "image/png"})
+    assert status == 403 and body["error"]["code"] == "forbidden"
+    assert server.json("GET", "/v1/health", headers={"Origin": "null"})[0] == 403
+    assert server.json("GET", "/v1/health", headers={"Origin": "http://localhost:5173"})[0] == 200
+
+
+def test_non_loopback_bind_needs_a_token(ckpt):
+    result = subprocess.run(
+        [sys.executable, "-m", "plugin_server.server.main", "--checkpoint", str(ckpt), "--host", "0.0.0.0",
+         "--port", "1"], capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 2 and "token" in result.stderr, result.stderr
+
+
+def test_missing_checkpoint_is_a_clear_error():
+    result = subprocess.run([sys.executable, "-m", "plugin_server.server.main", "--port", "1"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--checkpoint" in result.stderr, result.stderr
