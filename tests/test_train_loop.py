@@ -1,0 +1,142 @@
+"""End-to-end training on a tiny real data set: learning, exact resume, bad files, export, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from plugin_server import checkpoint as server_checkpoint
+from plugin_server.model import Generator
+from training.cli import main
+from training.errors import ResumeError, VggWeightsError
+from training.pairs import list_pairs, read_image, to_float
+from training.state import export, load_training
+from training.train import train
+from training.windows import FilePairs, WindowDataset, WindowSpec
+from train_fixtures import SHARED_DATA, ffhqr, tiny_config, vgg_file  # noqa: F401  (fixtures)
+
+
+def _windows(root: Path, config) -> tuple[torch.Tensor, torch.Tensor]:
+    data = WindowDataset(FilePairs(list_pairs(root, split="train")), WindowSpec(window=64, background_prob=0), seed=99)
+    items = [data[(0, i)] for i in range(len(data))]
+    return torch.stack([b for b, _, _ in items]), torch.stack([a for _, a, _ in items])
+
+
+def test_a_few_steps_reduce_the_loss(ffhqr: Path, tmp_path: Path) -> None:
+    # MSE + RaGAN here; the perceptual term is exercised by the resume test.
+    config = tiny_config(ffhqr, None, epochs=4, val_every=4, beta=0.0, lr_g=1e-3)
+    before, after = _windows(ffhqr, config)
+    torch.manual_seed(config.seed)
+    initial = Generator(config.generator)  # the trainer's initial weights: same seed, same config
+    result = train(config, tmp_path / "run")
+    with torch.no_grad():
+        loss_before = F.mse_loss(initial(before), after)
+        loss_after = F.mse_loss(result.generator(before), after)
+    assert result.step == 8
+    # The generator starts near the identity, so the loss starts near No edit's; learning the
+    # retouch is slow, but a few steps must already take it down.
+    assert loss_after < 0.95 * loss_before
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["kind"] == "train"]
+    assert set(train_records[0]["losses"]) == {"mse", "ragan_g", "loss_g", "loss_d"}
+    assert all(r["samples_per_s"] > 0 for r in train_records)
+    val = [r for r in records if r["kind"] == "val"]
+    assert len(val) == 1 and val[0]["psnr_noedit"] > 30 and 0 < val[0]["ssim"] <= 1
+    run = tmp_path / "run"
+    assert (run / "loss.png").stat().st_size > 0 and (run / "grid-0004.png").exists()
+    assert (run / "best.pt").exists() and (run / "last.pt").exists()
+
+
+def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(ffhqr: Path, vgg_file: Path, tmp_path: Path) -> None:
+    config = tiny_config(ffhqr, vgg_file, epochs=2, seed=5)
+    train(config, tmp_path / "straight")
+    train(replace(config, stop_after_steps=3), tmp_path / "resumed")  # stops mid-epoch 1
+    assert load_training(tmp_path / "resumed" / "last.pt")["step"] == 3
+    train(config, tmp_path / "resumed", resume=True)
+    a, b = load_training(tmp_path / "straight" / "last.pt"), load_training(tmp_path / "resumed" / "last.pt")
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (2, 4)
+    for part in ("generator", "discriminator"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), f"{part}.{key} differs after resume"
+    for key, value in a["opt_g"]["state"][0].items():
+        assert torch.equal(value, b["opt_g"]["state"][0][key])
+    assert torch.equal(a["ragan"]["fake"]["buffer"], b["ragan"]["fake"]["buffer"])
+
+
+def test_resume_refuses_other_hyperparameters(ffhqr: Path, tmp_path: Path) -> None:
+    config = tiny_config(ffhqr, None, beta=0.0, stop_after_steps=1)
+    train(config, tmp_path / "run")
+    with pytest.raises(ResumeError, match="lr_g"):
+        train(replace(config, lr_g=1e-2), tmp_path / "run", resume=True)
+    with pytest.raises(ResumeError, match="cannot continue"):
+        train(config, tmp_path / "elsewhere", resume=True)
+
+
+def test_bad_file_mid_epoch_is_skipped_and_counted(ffhqr: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(ffhqr, root, symlinks=True)
+    (root / "retouched" / "00002.png").write_bytes((ffhqr / "retouched" / "00002.png").read_bytes()[:3000])
+    config = tiny_config(root, None, alpha=0.0, beta=0.0, batch_size=1)
+    result = train(config, tmp_path / "run")
+    assert result.step == 5  # every step still ran, with a full batch
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    skipped = [r for r in records if r["kind"] == "skipped"]
+    assert skipped and skipped[0]["files"] == ["00002"] and skipped[0]["count"] >= 1
+    assert load_training(tmp_path / "run" / "last.pt")["skipped"] >= 1
+
+
+def test_missing_vgg_file_stops_before_training(ffhqr: Path, tmp_path: Path) -> None:
+    with pytest.raises(VggWeightsError, match="does not exist"):
+        train(tiny_config(ffhqr, None), tmp_path / "run")
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_export_loads_in_the_server_with_identical_outputs(ffhqr: Path, tmp_path: Path) -> None:
+    config = tiny_config(ffhqr, None, beta=0.0, val_every=1)
+    result = train(config, tmp_path / "run", command="autoretouch-train train ...")
+    out = export(tmp_path / "run" / "last.pt", tmp_path / "model.pt", command="autoretouch-train export ...")
+    served, metadata = server_checkpoint.load(out)
+    assert served.config == config.generator
+    image = to_float(read_image(SHARED_DATA / "ffhqr-pair" / "00000-original.png"))[:200, :300]
+    x = torch.from_numpy(image).permute(2, 0, 1)[None]
+    result.generator.eval()
+    with torch.no_grad():
+        assert torch.equal(served(x), result.generator(x))
+    assert metadata["steps"] == result.step and metadata["epochs"] == 1
+    assert metadata["train_command"] == "autoretouch-train train ..." and metadata["metrics"]["images"] == 1
+    assert metadata["trained_on"] == str(ffhqr)
+
+
+def test_cli_help_check_export_and_evaluate(ffhqr: Path, tmp_path: Path, capsys) -> None:
+    for command in ([], ["train"], ["check"], ["export"], ["evaluate"]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*command, "--help"])
+        assert exit_.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "--vgg-weights" in help_text and "masked PSNR" in help_text and "unpaired" in help_text
+
+    assert main(["check", "--data", str(ffhqr)]) == 0
+    assert "no problems found" in capsys.readouterr().out
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(ffhqr), "--out", str(run), "--window", "32", "--batch-size", "2",
+                 "--epochs", "1", "--full-channels", "4", "--body-channels", "8", "--blocks", "1",
+                 "--disc-channels", "8", "--disc-layers", "2", "--beta", "0", "--workers", "0",
+                 "--val-every", "0"]) == 0
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "model.pt")]) == 0
+    _, metadata = server_checkpoint.load(tmp_path / "model.pt")
+    assert metadata["export_command"].startswith("autoretouch-train export --run")
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "model.pt"), "--data", str(ffhqr), "--split", "test"]) == 0
+    table = capsys.readouterr().out
+    assert "No edit" in table and "Model" in table and "masked PSNR" in table and "1 images" in table
+
+    assert main(["train", "--data", str(ffhqr), "--out", str(tmp_path / "x"), "--batch-size", "2",
+                 "--vgg-weights", str(tmp_path / "none.pth")]) == 2
+    assert "VGG-19 weights" in capsys.readouterr().err

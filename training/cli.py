@@ -1,0 +1,209 @@
+"""``autoretouch-train``: train, check, export and evaluate AutoRetouch generators.
+
+    autoretouch-train check --data data/ffhqr
+    autoretouch-train train --data data/ffhqr --out runs/paper --vgg-weights vgg19.pth
+    autoretouch-train export --run runs/paper --out model.pt
+    autoretouch-train evaluate --checkpoint model.pt --data data/ffhqr --split test
+
+Every sub-command has ``--help``. Errors are reported here, once, as one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from plugin_server.errors import AutoRetouchError
+from plugin_server.model import GeneratorConfig
+
+from .config import TrainConfig
+
+D = TrainConfig()  # defaults, shown in --help
+G = GeneratorConfig()
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a generator on before/after pairs",
+        formatter_class=_Formatter,
+        description=(
+            "Train a generator on random windows of before/after pairs. Writes RUN_DIR/last.pt every "
+            "epoch, best.pt on the best validation PSNR, log.jsonl, loss.png and grid-*.png.\n"
+            "Paper ablations: --alpha 0 --beta 0 (MSE); --alpha 0 (MSE + Perc.); defaults (MSE + Perc. + RaGAN).\n"
+            "Several GPUs: torchrun --standalone --nproc_per_node N -m training.cli train ..."
+        ),
+    )
+    data = p.add_argument_group("data")
+    data.add_argument("--data", required=True, help="data folder (FFHQR or studio layout) or a CSV of pairs")
+    data.add_argument("--out", required=True, type=Path, help="run folder for checkpoints, logs and images")
+    data.add_argument("--resume", action="store_true", help="continue exactly from RUN_DIR/last.pt (same hyperparameters)")
+    data.add_argument("--layout", default=D.layout, choices=["auto", "ffhqr", "studio", "csv"], help="data layout")
+    data.add_argument("--val-fraction", type=float, default=D.val_fraction, help="studio/CSV: share of pairs for validation")
+    data.add_argument("--test-fraction", type=float, default=D.test_fraction, help="studio/CSV: share of pairs held out for test")
+    data.add_argument("--window", type=int, default=D.window, help="side of the square training windows (pixels)")
+    data.add_argument("--focus", default=D.focus, choices=["auto", "center", "edits"],
+                      help="centre windows on the central face region (aligned faces) or on retouched pixels; auto picks by layout")
+    data.add_argument("--background-prob", type=float, default=D.background_prob, help="share of windows taken anywhere in the image")
+    data.add_argument("--no-mirror", dest="mirror", action="store_false", help="no random left-right mirroring")
+    data.add_argument("--colour-jitter", type=float, default=D.colour_jitter, help="max brightness/contrast/saturation change (0: off)")
+    model = p.add_argument_group("model")
+    model.add_argument("--full-channels", type=int, default=G.full_channels, help="generator features at full resolution")
+    model.add_argument("--body-channels", type=int, default=G.body_channels, help="generator features at half resolution")
+    model.add_argument("--blocks", type=int, default=G.blocks, help="generator residual blocks")
+    model.add_argument("--kernel-size", type=int, default=G.kernel_size, help="generator convolution size")
+    model.add_argument("--disc-channels", type=int, default=D.disc_channels, help="discriminator width")
+    model.add_argument("--disc-layers", type=int, default=D.disc_layers, help="discriminator stride-2 layers")
+    loss = p.add_argument_group("loss: L = alpha*RaGAN + beta*Perceptual + gamma*MSE (0 switches a term off)")
+    loss.add_argument("--alpha", type=float, default=D.alpha, help="weight of the relativistic average GAN term")
+    loss.add_argument("--beta", type=float, default=D.beta, help="weight of the VGG-19 perceptual term")
+    loss.add_argument("--gamma", type=float, default=D.gamma, help="weight of the MSE term")
+    loss.add_argument("--ragan-window", type=int, default=D.ragan_window, help="predictions in the RaGAN running average")
+    loss.add_argument("--perceptual-layer", default=D.perceptual_layer, help="VGG-19 layer (conv5_2 = the 14th weight layer; reluX_Y = after ReLU)")
+    loss.add_argument("--vgg-weights", default=D.vgg_weights, help="torchvision vgg19 state dict (vgg19-dcbb9e9d.pth); see docs/training.md")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--lr-g", type=float, default=D.lr_g, help="Adam learning rate of the generator")
+    opt.add_argument("--lr-d", type=float, default=D.lr_d, help="Adam learning rate of the discriminator")
+    opt.add_argument("--batch-size", type=int, default=D.batch_size, help="windows per step per process")
+    opt.add_argument("--epochs", type=int, default=D.epochs, help="epochs in total (raise it with --resume to train longer)")
+    opt.add_argument("--seed", type=int, default=D.seed, help="seed of weights, windows and augmentation")
+    opt.add_argument("--precision", default=D.precision, choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on GPU, fp32 on CPU")
+    opt.add_argument("--device", default=D.device, choices=["auto", "cpu", "cuda"], help="where to train")
+    run = p.add_argument_group("run")
+    run.add_argument("--workers", type=int, default=D.workers, help="data-loading processes per training process")
+    run.add_argument("--log-every", type=int, default=D.log_every, help="steps between progress/log lines")
+    run.add_argument("--val-every", type=int, default=D.val_every, help="epochs between validation passes (the last epoch is always validated; 0: never validate)")
+    run.add_argument("--val-images", type=int, default=D.val_images, help="whole validation images per pass (0: all)")
+    run.add_argument("--checkpoint-every", type=int, default=D.checkpoint_every, help="also write last.pt every N steps (0: each epoch only)")
+    run.add_argument("--stop-after-steps", type=int, default=D.stop_after_steps, help="stop with a checkpoint after N steps in total (0: run all epochs)")
+    p.set_defaults(handler=_cmd_train)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    generator = GeneratorConfig(args.full_channels, args.body_channels, args.blocks, args.kernel_size)
+    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    return TrainConfig(**{**fields, "data": str(args.data), "generator": generator})
+
+
+def _cmd_train(args: argparse.Namespace, command: str) -> int:
+    from .train import train
+
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        raise _Usage(str(exc)) from exc
+    train(config, args.out, resume=args.resume, command=command)
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace, command: str) -> int:
+    from .pairs import check_pairs
+
+    report = check_pairs(Path(args.data), args.layout, workers=args.workers)
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
+def _cmd_export(args: argparse.Namespace, command: str) -> int:
+    from .state import export
+
+    source = args.checkpoint
+    if source is None:
+        best, last = args.run / "best.pt", args.run / "last.pt"
+        source = best if args.which == "best" and best.exists() else last
+    out = export(source, args.out, command=command)
+    print(f"exported {source} -> {out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace, command: str) -> int:
+    from .evaluate import evaluate
+    from .pairs import list_pairs
+    from .report import format_table
+    from .state import load_any_generator
+    from .windows import FilePairs
+
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if cuda else "cpu")
+    generator, _ = load_any_generator(args.checkpoint)
+    listing = list_pairs(Path(args.data), args.layout, args.split, args.val_fraction, args.test_fraction)
+    result = evaluate(generator.to(device), FilePairs(listing), device, limit=args.limit)
+    print(f"{args.split} split of {args.data}: {result.images} images" + (f", {len(result.skipped)} skipped" if result.skipped else ""))
+    print(format_table([("No edit", result.noedit), ("Model", result.model)]))
+    return 0
+
+
+class _Usage(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoretouch-train",
+        formatter_class=_Formatter,
+        description="Train AutoRetouch generators and turn them into checkpoints the server loads. "
+        "Start with `check`, then `train`, then `export`; `evaluate` prints the paper's table.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,check,export,evaluate}")
+    _train_parser(sub)
+
+    p = sub.add_parser("check", help="report unpaired, unreadable and size-mismatched files", formatter_class=_Formatter,
+                       description="Decode every image of a data set once and list the pairs training would skip. "
+                       "Exit code 0 when clean, 1 when problems were found.")
+    p.add_argument("--data", required=True, help="data folder or CSV of pairs")
+    p.add_argument("--layout", default="auto", choices=["auto", "ffhqr", "studio", "csv"], help="data layout")
+    p.add_argument("--workers", type=int, default=4, help="decoding threads")
+    p.set_defaults(handler=_cmd_check)
+
+    p = sub.add_parser("export", help="write a run's generator in the server's checkpoint format", formatter_class=_Formatter,
+                       description="Turn a training checkpoint into the file the AutoRetouch server loads, with metadata "
+                       "(data, epochs, steps, validation metrics, command lines).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", type=Path, help="run folder; takes best.pt (or last.pt if there is no best)")
+    src.add_argument("--checkpoint", type=Path, help="a training checkpoint file")
+    p.add_argument("--which", default="best", choices=["best", "last"], help="with --run: which checkpoint")
+    p.add_argument("--out", required=True, type=Path, help="where to write the server checkpoint (.pt)")
+    p.set_defaults(handler=_cmd_export)
+
+    p = sub.add_parser("evaluate", help="print PSNR/SSIM of a model beside the No-edit baseline", formatter_class=_Formatter,
+                       description="Run a model over whole images of one split and print the paper's table: rows No edit "
+                       "and Model; columns PSNR, SSIM and masked PSNR (over the pixels the retoucher changed).")
+    p.add_argument("--checkpoint", required=True, type=Path, help="exported (server) or training checkpoint")
+    p.add_argument("--data", required=True, help="data folder or CSV of pairs")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split to score")
+    p.add_argument("--layout", default="auto", choices=["auto", "ffhqr", "studio", "csv"], help="data layout")
+    p.add_argument("--val-fraction", type=float, default=D.val_fraction, help="studio/CSV: as in training")
+    p.add_argument("--test-fraction", type=float, default=D.test_fraction, help="studio/CSV: as in training")
+    p.add_argument("--limit", type=int, default=0, help="score only the first N pairs (0: all)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
+    p.set_defaults(handler=_cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = shlex.join(["autoretouch-train", *argv])
+    try:
+        return args.handler(args, command)
+    except _Usage as exc:
+        parser.error(str(exc))
+    except AutoRetouchError as exc:
+        print(f"autoretouch-train: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autoretouch-train: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
