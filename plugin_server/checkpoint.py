@@ -70,24 +70,30 @@ def atomic_torch_save(payload: Any, path: Path) -> None:
         raise
 
 
-def load(path: str | os.PathLike) -> tuple[Generator, dict[str, Any]]:
-    """Read a checkpoint; every problem is a CheckpointError naming the file and the cause."""
+def read_tagged(path: str | os.PathLike, fmt: str, version: int, kind: str = "checkpoint") -> dict[str, Any]:
+    """A payload safely loaded (no code runs) whose format tag and version are checked."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
+        raise CheckpointError(f"{kind} {path} does not exist (or is not a file)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
         raise CheckpointError(
-            f"{path} is not an AutoRetouch checkpoint (it could not be read safely: {_first_line(exc)})"
+            f"{path} is not an AutoRetouch {kind} (it could not be read safely: {_first_line(exc)})"
         ) from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an AutoRetouch checkpoint (no '{FORMAT}' format tag)")
-    if payload.get("version") != VERSION:
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise CheckpointError(f"{path} is not an AutoRetouch {kind} (no '{fmt}' format tag)")
+    if payload.get("version") != version:
         raise CheckpointError(
-            f"{path} is checkpoint format version {payload.get('version')!r}; this AutoRetouch reads "
-            f"version {VERSION}. Upgrade AutoRetouch or re-export the checkpoint."
+            f"{path} is {kind} format version {payload.get('version')!r}; this AutoRetouch reads "
+            f"version {version}. Upgrade AutoRetouch or re-export it."
         )
+    return payload
+
+
+def load(path: str | os.PathLike) -> tuple[Generator, dict[str, Any]]:
+    """Read a checkpoint; every problem is a CheckpointError naming the file and the cause."""
+    payload = read_tagged(path, FORMAT, VERSION)
     try:
         config = GeneratorConfig(**payload["config"])
     except (KeyError, TypeError, ValueError) as exc:

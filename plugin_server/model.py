@@ -32,6 +32,10 @@ class GeneratorConfig:
     body_channels: int = 32  # features at half resolution
     blocks: int = 6  # residual blocks at half resolution
     kernel_size: int = 3
+    # Edits smaller than this (in [0, 1] units) are dropped at inference and larger ones reduced
+    # by it (a soft threshold), so pixels the model barely touches come back exactly unchanged:
+    # retouching is sparse. Training mode ignores it, so gradients flow from the first step.
+    residual_floor: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kernel_size % 2 != 1 or self.kernel_size < 1:
@@ -41,8 +45,10 @@ class GeneratorConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.blocks < 0:
             raise ValueError(f"blocks must be >= 0, got {self.blocks}")
+        if not 0.0 <= self.residual_floor < 0.5:
+            raise ValueError(f"residual_floor must be in [0, 0.5), got {self.residual_floor}")
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | float]:
         return asdict(self)
 
 
@@ -106,7 +112,11 @@ class Generator(nn.Module):
         f = _act(self.down(f))  # (N, cb, ceil(H/2), ceil(W/2))
         f = self.body(f)
         f = _act(self.shuffle(self.up(f)))  # (N, cf, 2*ceil(H/2), 2*ceil(W/2))
-        return self.tail(f[..., :height, :width])  # (N, 3, H, W)
+        edit = self.tail(f[..., :height, :width])  # (N, 3, H, W)
+        floor = self.config.residual_floor
+        if floor and not self.training:
+            edit = torch.sign(edit) * (edit.abs() - floor).clamp_(min=0.0)
+        return edit
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.residual(x)

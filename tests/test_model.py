@@ -61,3 +61,19 @@ def test_default_generator_starts_near_identity():
 def test_invalid_config_is_refused(bad):
     with pytest.raises(ValueError):
         GeneratorConfig(**bad)
+
+
+def test_residual_floor_drops_small_edits_at_inference_only():
+    torch.manual_seed(0)
+    plain = make_edit_generator()
+    floored = Generator(GeneratorConfig(residual_floor=0.02)).eval()
+    floored.load_state_dict(plain.state_dict())
+    image = torch.rand(1, 3, 40, 40)
+    with torch.no_grad():
+        raw, kept = plain.residual(image), floored.residual(image)
+    small = raw.abs() <= 0.02
+    assert small.any() and (~small).any()
+    assert torch.all(kept[small] == 0)
+    assert torch.allclose(kept[~small], raw[~small] - 0.02 * raw[~small].sign(), atol=1e-6)
+    floored.train()
+    assert torch.allclose(floored.residual(image), raw, atol=1e-6)  # training sees the raw edit

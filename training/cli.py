@@ -119,7 +119,8 @@ def _cmd_export(args: argparse.Namespace, command: str) -> int:
     if source is None:
         best, last = args.run / "best.pt", args.run / "last.pt"
         source = best if args.which == "best" and best.exists() else last
-    out = export(source, args.out, command=command)
+    floor = None if args.residual_floor is None else args.residual_floor / 255
+    out = export(source, args.out, command=command, residual_floor=floor)
     print(f"exported {source} -> {out}")
     return 0
 
@@ -171,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoint", type=Path, help="a training checkpoint file")
     p.add_argument("--which", default="best", choices=["best", "last"], help="with --run: which checkpoint")
     p.add_argument("--out", required=True, type=Path, help="where to write the server checkpoint (.pt)")
+    p.add_argument("--residual-floor", type=float, metavar="LEVELS",
+                   help="drop edits smaller than this many 8-bit levels when serving (and shrink larger ones by it), "
+                   "so untouched skin, eyes and background come back exactly; default: as trained (none)")
     p.set_defaults(handler=_cmd_export)
 
     p = sub.add_parser("evaluate", help="print PSNR/SSIM of a model beside the No-edit baseline", formatter_class=_Formatter,

@@ -19,6 +19,7 @@ written with ``plugin_server.checkpoint.atomic_torch_save`` (temporary name, fsy
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from pathlib import Path
@@ -65,18 +66,7 @@ def save_training(path: Path, payload: dict[str, Any]) -> None:
 
 
 def load_training(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"training checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise CheckpointError(f"{path} could not be read safely as a training checkpoint: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an AutoRetouch training checkpoint (no '{FORMAT}' tag)")
-    if payload.get("version") != VERSION:
-        raise CheckpointError(f"{path} is training checkpoint version {payload.get('version')!r}; expected {VERSION}")
-    return payload
+    return server_checkpoint.read_tagged(path, FORMAT, VERSION, kind="training checkpoint")
 
 
 def generator_from_training(payload: dict[str, Any]) -> Generator:
@@ -95,8 +85,15 @@ def load_any_generator(path: str | os.PathLike) -> tuple[Generator, dict[str, An
     return generator_from_training(payload), {"epochs": payload["epoch"], "steps": payload["step"]}
 
 
-def export(train_checkpoint: str | os.PathLike, out: str | os.PathLike, command: str | None = None) -> Path:
-    """Write a training checkpoint's generator in the server's format, with where it came from."""
+def export(
+    train_checkpoint: str | os.PathLike, out: str | os.PathLike, command: str | None = None,
+    residual_floor: float | None = None,
+) -> Path:
+    """Write a training checkpoint's generator in the server's format, with where it came from.
+
+    ``residual_floor`` (in [0, 1] units) sets the served model's inference-time edit floor; the
+    weights are the same, training never applies it.
+    """
     payload = load_training(train_checkpoint)
     config = TrainConfig.from_dict(payload["config"])
     metadata = {
@@ -110,5 +107,10 @@ def export(train_checkpoint: str | os.PathLike, out: str | os.PathLike, command:
         "train_config": config.to_dict(),
         "source_checkpoint": str(Path(train_checkpoint).resolve()),
     }
-    server_checkpoint.save(out, generator_from_training(payload), metadata)
+    generator = generator_from_training(payload)
+    if residual_floor is not None:
+        floored = Generator(dataclasses.replace(generator.config, residual_floor=residual_floor))
+        floored.load_state_dict(generator.state_dict())
+        generator = floored
+    server_checkpoint.save(out, generator, metadata)
     return Path(out)
