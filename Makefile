@@ -7,7 +7,7 @@ TORCH_PIN := torch==2.13.0
 # Extra arguments for `make serve`, e.g. SERVE_ARGS="--checkpoint model.pt --port 8377".
 SERVE_ARGS ?=
 
-.PHONY: test test-gimp bench serve clean
+.PHONY: test test-gimp bench serve starter-model clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,25 @@ bench: $(VENV)/.installed
 
 serve: $(VENV)/.installed
 	$(VENV)/bin/autoretouch-server $(SERVE_ARGS)
+
+# The bundled starter model, from scratch (about an hour on a 2-core CPU): synthetic blemish
+# pairs from the shared photos (FFHQ 1-6 and three Pexels portraits; FFHQ 7-9, the fourth
+# Pexels portrait and the FFHQR pair are held out), MSE training, export into the package.
+STARTER := build/starter
+PHOTOS := ../shared/data/portraits
+STARTER_TRAIN := --data $(STARTER)/train --layout studio --out $(STARTER)/run --alpha 0 --beta 0 \
+	--batch-size 16 --epochs 150 --val-fraction 0.05 --test-fraction 0 --workers 1 \
+	--val-every 25 --val-images 8 --seed 0
+starter-model: $(VENV)/.installed
+	rm -rf $(STARTER)
+	$(PY) -m training.synthetic --out $(STARTER)/train --aligned --pairs-per-photo 40 --seed 1 \
+		--photos $(PHOTOS)/ffhq-00001.png $(PHOTOS)/ffhq-00002.png $(PHOTOS)/ffhq-00003.png \
+		$(PHOTOS)/ffhq-00004.png $(PHOTOS)/ffhq-00005.png $(PHOTOS)/ffhq-00006.png
+	$(PY) -m training.synthetic --out $(STARTER)/train --pairs-per-photo 40 --seed 2 --short-side 2400 \
+		--crop 1024 --photos $(PHOTOS)/pexels-aadil-2598024.jpg \
+		$(PHOTOS)/pexels-ike-louie-natividad-2709388.jpg $(PHOTOS)/pexels-mateus-souza-3586798.jpg
+	$(VENV)/bin/autoretouch-train train $(STARTER_TRAIN)
+	$(VENV)/bin/autoretouch-train export --run $(STARTER)/run --out plugin_server/weights/starter.pt
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -103,17 +103,18 @@ class ServerProcess:
 
 
 def start_server(
-    ckpt: Path, *args: str, log_dir: Path | None = None, token: str | None = None, timeout: float = 60.0,
+    ckpt: Path | None, *args: str, log_dir: Path | None = None, token: str | None = None, timeout: float = 60.0,
 ) -> ServerProcess:
-    """Start the server and wait until /v1/health answers; a port race is retried."""
+    """Start the server (``ckpt=None``: its bundled model) and wait until /v1/health answers;
+    a port race is retried."""
     log_dir = log_dir or ckpt.parent
     for attempt in range(3):
         port = free_port()
         log_path = log_dir / f"server-{port}.log"
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
         env.pop("AUTORETOUCH_TOKEN", None)
-        command = [sys.executable, "-m", "plugin_server.server.main", "--checkpoint", str(ckpt),
-                   "--port", str(port), "--device", "cpu", *args]
+        command = [sys.executable, "-m", "plugin_server.server.main", "--port", str(port), "--device", "cpu",
+                   *(["--checkpoint", str(ckpt)] if ckpt else []), *args]
         if token:
             env["AUTORETOUCH_TOKEN"] = token
         with open(log_path, "wb") as log:

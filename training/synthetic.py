@@ -397,7 +397,8 @@ class SyntheticPairs:
 
     Pair i is photo i // pairs_per_photo with blemishes from the seed (seed, i), so any index
     gives the same pair in any order, in any worker. Photos given as paths are read on access
-    (shrunk to short_side first when given); aligned=True uses the FFHQ face layout.
+    (shrunk to short_side first when given, then cut to a crop x crop square around the skin);
+    aligned=True uses the FFHQ face layout.
     """
 
     def __init__(
@@ -408,6 +409,7 @@ class SyntheticPairs:
         short_side: int | None = None,
         aligned: bool = False,
         config: BlemishConfig = BlemishConfig(),
+        crop: int | None = None,
     ) -> None:
         if pairs_per_photo < 1:
             raise ValueError("pairs_per_photo must be at least 1")
@@ -417,6 +419,7 @@ class SyntheticPairs:
         self.short_side = short_side
         self.aligned = aligned
         self.config = config
+        self.crop = crop
 
     def __len__(self) -> int:
         return len(self.photos) * self.pairs_per_photo
@@ -424,8 +427,10 @@ class SyntheticPairs:
     def photo(self, index: int) -> np.ndarray:
         photo = self.photos[index // self.pairs_per_photo]
         if isinstance(photo, np.ndarray):
-            return fit_short_side(photo, self.short_side) if self.short_side else photo
-        return load_photo(Path(photo), self.short_side)
+            photo = fit_short_side(photo, self.short_side) if self.short_side else photo
+        else:
+            photo = load_photo(Path(photo), self.short_side)
+        return crop_around_skin(photo, self.crop) if self.crop else photo
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= index < len(self):
@@ -466,11 +471,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the blemishes")
     p.add_argument("--short-side", type=int, default=None, help="shrink photos to this short side first")
     p.add_argument("--aligned", action="store_true", help="photos are FFHQ-aligned faces (eye and mouth boxes known)")
+    p.add_argument("--crop", type=int, default=None, help="then keep a CROP x CROP square around the skin (large photos)")
     args = p.parse_args(argv)
     stems = [photo.stem for photo in args.photos]
     if len(set(stems)) != len(stems):
         p.error("photos must have distinct file names (they name the pairs)")
-    pairs = SyntheticPairs(args.photos, args.pairs_per_photo, args.seed, args.short_side, args.aligned)
+    pairs = SyntheticPairs(args.photos, args.pairs_per_photo, args.seed, args.short_side, args.aligned, crop=args.crop)
     try:
         written = write_pairs(pairs, stems, args.out)
     except (OSError, ValueError) as e:
