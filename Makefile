@@ -29,9 +29,9 @@ bench: $(VENV)/.installed
 serve: $(VENV)/.installed
 	$(VENV)/bin/autoretouch-server $(SERVE_ARGS)
 
-# The bundled starter model, from scratch (about an hour on a 2-core CPU): synthetic blemish
-# pairs from the shared photos (FFHQ 1-6 and three Pexels portraits; FFHQ 7-9, the fourth
-# Pexels portrait and the FFHQR pair are held out), MSE training, export into the package.
+# A starter model from scratch (about an hour on a 2-core CPU): synthetic blemish pairs from
+# the shared photos (FFHQ 1-6 and three Pexels portraits; FFHQ 7-9, the fourth Pexels portrait
+# and the FFHQR pair are held out), MSE training, export into the package with a 2-level floor.
 STARTER := build/starter
 PHOTOS := ../shared/data/portraits
 STARTER_TRAIN := --data $(STARTER)/train --layout studio --out $(STARTER)/run --alpha 0 --beta 0 \
@@ -46,7 +46,8 @@ starter-model: $(VENV)/.installed
 		--crop 1024 --photos $(PHOTOS)/pexels-aadil-2598024.jpg \
 		$(PHOTOS)/pexels-ike-louie-natividad-2709388.jpg $(PHOTOS)/pexels-mateus-souza-3586798.jpg
 	$(VENV)/bin/autoretouch-train train $(STARTER_TRAIN)
-	$(VENV)/bin/autoretouch-train export --run $(STARTER)/run --out plugin_server/weights/starter.pt
+	$(VENV)/bin/autoretouch-train export --run $(STARTER)/run --which last --residual-floor 2 \
+		--out plugin_server/weights/starter.pt
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -23,7 +23,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that may run the model in this process."""
     parser.add_argument(
         "--checkpoint", metavar="PATH",
-        help="model file to use (written by `autoretouch-train export`); default: the bundled model",
+        help="model file to use (written by `autoretouch-train export`); default: the bundled starter model, when one is installed",
     )
     parser.add_argument(
         "--strength", type=float, default=1.0, metavar="S",

@@ -99,7 +99,7 @@ def test_delete_cancels_within_a_tile(server):
 
 def test_unpolled_job_is_cancelled_and_finished_jobs_expire(server):
     _idle(server)
-    job = _submit(server, _image(2048, 2))  # takes far longer than the 2 s idle timeout
+    job = _submit(server, _image(4096, 2))  # 16 MP: several times the 2 s idle timeout, even on a fast CPU
     time.sleep(3.5)  # nobody polls
     status, body = server.json("GET", f"/v1/jobs/{job}")
     assert status == 200 and body["state"] == "cancelled", body

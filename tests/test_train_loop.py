@@ -7,6 +7,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -97,7 +98,7 @@ def test_missing_vgg_file_stops_before_training(ffhqr: Path, tmp_path: Path) -> 
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
-def test_export_loads_in_the_server_with_identical_outputs(ffhqr: Path, tmp_path: Path) -> None:
+def test_export_is_served_with_the_trainers_pixels(ffhqr: Path, tmp_path: Path) -> None:
     config = tiny_config(ffhqr, None, beta=0.0, val_every=1)
     result = train(config, tmp_path / "run", command="autoretouch-train train ...")
     out = export(tmp_path / "run" / "last.pt", tmp_path / "model.pt", command="autoretouch-train export ...")
@@ -111,6 +112,21 @@ def test_export_loads_in_the_server_with_identical_outputs(ffhqr: Path, tmp_path
     assert metadata["steps"] == result.step and metadata["epochs"] == 1
     assert metadata["train_command"] == "autoretouch-train train ..." and metadata["metrics"]["images"] == 1
     assert metadata["trained_on"] == str(ffhqr)
+
+    # Served by a real server process: the same pixels as the trainer's generator in-process.
+    from plugin_server import client, engine, imageio
+    from server_fixtures import start_server
+
+    photo = imageio.read(SHARED_DATA / "ffhqr-pair" / "00000-original.png")
+    photo = photo.with_pixels(photo.pixels[300:500, 300:560].copy())
+    server = start_server(out, log_dir=tmp_path)
+    try:
+        answer = client.retouch_picture(photo, server.url)
+    finally:
+        server.stop()
+    expected = engine.retouch(photo.pixels, result.generator, device="cpu")
+    assert np.abs(answer.pixels.astype(int) - expected).max() <= 1
+    assert not np.array_equal(expected, photo.pixels)
 
 
 def test_cli_help_check_export_and_evaluate(ffhqr: Path, tmp_path: Path, capsys) -> None:

@@ -7,14 +7,13 @@ middleware in ``app`` turns them into the JSON error body, once.
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 from aiohttp import web
 
-from .. import imageio
+from .. import __version__, imageio
 from ..errors import BadImageError, UnsupportedFormatError
 from . import protocol
 from .jobs import JobNotReadyError, Scheduler
@@ -24,13 +23,6 @@ from .settings import ServerSettings
 SETTINGS = web.AppKey("settings", ServerSettings)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 MODEL_INFO = web.AppKey("model_info", dict)
-
-
-def version() -> str:
-    try:
-        return importlib.metadata.version("autoretouch")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 @dataclass(frozen=True)
@@ -48,7 +40,7 @@ async def health(request: web.Request) -> web.Response:
     devices = list(settings.devices)
     return web.json_response({
         "status": "ok",
-        "version": version(),
+        "version": __version__,
         "device": ",".join(devices),
         "devices": devices,
         "precision": request.app[MODEL_INFO]["precision"],
@@ -60,7 +52,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document(version(), request.app[SETTINGS].max_pixels))
+    return web.json_response(openapi_document(__version__, request.app[SETTINGS].max_pixels))
 
 
 async def retouch(request: web.Request) -> web.Response:

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "prefer the variable, command lines are visible to other users)")
     model = parser.add_argument_group("model")
     model.add_argument("--checkpoint", metavar="PATH",
-                       help="generator checkpoint to serve, written by `autoretouch-train export` (default: the bundled starter model)")
+                       help="generator checkpoint to serve, written by `autoretouch-train export` (default: the bundled starter model, when one is installed)")
     model.add_argument("--device", default="auto",
                        help="auto, cpu, cuda or a comma list such as cuda:0,cuda:1, one worker each (default: auto: "
                             "the first GPU, else the CPU)")

@@ -1,0 +1,73 @@
+"""The bundled starter model: present, small, described, used by default, and safe away from skin."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import PORTRAITS
+from plugin_server import checkpoint, imageio
+from plugin_server.engine import retouch
+from training.synthetic import FEATURE_BOXES, aligned_face_box
+
+FFHQ = [PORTRAITS / f"ffhq-{i:05d}.png" for i in range(1, 10)]
+pytestmark = pytest.mark.skipif(
+    not checkpoint.BUNDLED.is_file(),
+    reason=f"no starter model is bundled yet at {checkpoint.BUNDLED} (issue 6: `make starter-model`)",
+)
+CORNER = 0.12  # share of each side taken as a background corner of an aligned FFHQ photo
+
+
+@pytest.fixture(scope="module")
+def starter():
+    return checkpoint.load(checkpoint.resolve(None))
+
+
+def test_bundled_model_is_small_and_says_where_it_came_from(starter):
+    _, meta = starter
+    assert checkpoint.BUNDLED.stat().st_size <= 20 * 1024 * 1024
+    assert meta["steps"] > 0 and meta["train_command"] and meta["trained_on"]
+    assert "psnr" in str(meta["metrics"]).lower()
+
+
+def eye_boxes(height: int, width: int) -> list[tuple[slice, slice]]:
+    face = aligned_face_box(height, width)
+    eyes = [face.part(*box) for box in FEATURE_BOXES[:2]]
+    return [(slice(b.top, b.bottom), slice(b.left, b.right)) for b in eyes]
+
+
+def corners(height: int, width: int) -> list[tuple[slice, slice]]:
+    h, w = round(CORNER * height), round(CORNER * width)
+    return [(slice(0, h), slice(0, w)), (slice(0, h), slice(width - w, width))]
+
+
+@pytest.mark.parametrize("path", FFHQ, ids=lambda p: p.stem)
+def test_eyes_and_background_come_back_within_one_level(starter, path, portraits_dir):
+    generator, _ = starter
+    before = imageio.read(path).pixels
+    after = retouch(before, generator)
+    for rows, cols in eye_boxes(*before.shape[:2]) + corners(*before.shape[:2]):
+        diff = np.abs(after[rows, cols].astype(int) - before[rows, cols])
+        assert diff.max() <= 1, f"{path.name}: {diff.max()} levels changed at rows {rows}, cols {cols}"
+    assert not np.array_equal(after, before)  # it does retouch the skin
+
+
+def test_cli_retouches_with_no_checkpoint_option(tmp_path, portraits_dir, starter):
+    out = tmp_path / "out.png"
+    done = subprocess.run([sys.executable, "-m", "plugin_server", "retouch", str(FFHQ[0]), str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    expected = retouch(imageio.read(FFHQ[0]).pixels, starter[0])
+    assert np.abs(imageio.read(out).pixels.astype(int) - expected).max() <= 1
+
+
+def test_server_starts_with_the_bundled_model(tmp_path):
+    from server_fixtures import start_server
+
+    server = start_server(None, log_dir=tmp_path)
+    try:
+        model = server.health()["model"]
+        assert model["name"] == checkpoint.BUNDLED.name and model["trained_on"]
+    finally:
+        server.stop()
