@@ -56,6 +56,7 @@ class Exploit:
     ids=["empty", "garbage-zip", "pickle-exploit", "other-format", "new-version", "bad-config",
          "mismatched-weights", "a-list"],
 )
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on the exploit file
 def test_bad_files_name_the_file_and_the_problem(tmp_path, capsys, content, words):
     path = tmp_path / "bad.pt"
     if isinstance(content, bytes):
