@@ -25,6 +25,7 @@ import torch
 from plugin_server import checkpoint, imageio
 from plugin_server.engine import auto_tile, retouch
 from plugin_server.model import Generator
+from plugin_server.tiling import TilePlan
 
 ROOT = Path(__file__).resolve().parent.parent
 PORTRAIT = ROOT.parent / "shared" / "data" / "portraits" / "pexels-ike-louie-natividad-2709388.jpg"
@@ -50,9 +51,10 @@ def model() -> Generator:
 
 
 def window_side(image: np.ndarray, generator: Generator) -> int:
+    """The engine's window side for this image, so MONAI gets the same window."""
     core, _ = auto_tile(generator, torch.device("cpu"), torch.float32, *image.shape[:2])
-    margin = 2 * -(-generator.receptive_radius // generator.stride) * generator.stride
-    return min(core + margin, max(image.shape[:2]))
+    plan = TilePlan.create(*image.shape[:2], core, generator.receptive_radius, generator.stride)
+    return max(plan.window_height, plan.window_width)
 
 
 def run_method(method: str, image: np.ndarray) -> np.ndarray:

@@ -126,7 +126,7 @@ def is_complete(task: Task) -> bool:
     if not task.target.is_file():
         return False
     try:
-        return imageio.peek_size(task.target.read_bytes())[:2] == imageio.peek_size(task.source.read_bytes())[:2]
+        return imageio.peek_size(task.target)[:2] == imageio.peek_size(task.source)[:2]
     except (AutoRetouchError, OSError):
         return False
 

@@ -12,7 +12,6 @@ averaged back); alpha passes through untouched.
 from __future__ import annotations
 
 import copy
-import math
 from collections import deque
 from typing import Callable
 
@@ -21,7 +20,7 @@ import torch
 
 from .errors import BadImageError, BadOptionError, CancelledError, OutOfMemoryError
 from .model import Generator
-from .tiling import Region, TilePlan
+from .tiling import Region, TilePlan, round_up
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MAX_STRENGTH = 2.0
@@ -110,7 +109,7 @@ def retouch(
         if progress:
             progress(1.0)
         return image.copy()
-    model = _model_on(generator, dev)
+    model = model_on(generator, dev)
     if tile_size == 0:
         core, batch = None, 1
     elif tile_size is None:
@@ -183,12 +182,19 @@ class _Run:
         return rgb.astype(np.float32) * np.float32(1.0 / self.scale) if self.scale != 1.0 else rgb.astype(np.float32)
 
 
-def _model_on(generator: Generator, device: torch.device) -> Generator:
-    """The generator on ``device``; a copy when it lives elsewhere, so the caller's is untouched."""
+def model_on(generator: Generator, device: torch.device) -> Generator:
+    """The generator on ``device``; a copy when it lives elsewhere, so the caller's is untouched.
+
+    Long-lived callers (the server) place their models once with this; retouch() calls it too.
+    """
     param = next(generator.parameters())
     if param.device == device or (device.type == "cuda" and param.device.type == "cuda" and device.index is None):
         return generator
     return copy.deepcopy(generator).to(device=device, memory_format=torch.channels_last)
+
+
+def _window_side(model: Generator, core: int) -> int:
+    return core + 2 * round_up(model.receptive_radius, model.stride)
 
 
 def _bytes_per_window_pixel(model: Generator, dtype: torch.dtype) -> float:
@@ -214,9 +220,8 @@ def auto_tile(model: Generator, device: torch.device, dtype: torch.dtype, height
     """(core side, batch) that fit in half the free memory."""
     budget = free_memory(device) * _MEMORY_FRACTION
     per_px = _bytes_per_window_pixel(model, dtype)
-    margin = 2 * math.ceil(model.receptive_radius / model.stride) * model.stride
     largest = _MAX_AUTO_CORE[device.type]
-    while largest > 64 and (largest + margin) ** 2 * per_px > budget:
+    while largest > 64 and _window_side(model, largest) ** 2 * per_px > budget:
         largest //= 2
     # Split each side evenly: a 1414-pixel side makes two 708 cores, not 1024 + 390.
     core = max(-(-side // -(-side // largest)) for side in (height, width))
@@ -224,6 +229,5 @@ def auto_tile(model: Generator, device: torch.device, dtype: torch.dtype, height
 
 
 def _auto_batch(model: Generator, device: torch.device, dtype: torch.dtype, core: int) -> int:
-    margin = 2 * math.ceil(model.receptive_radius / model.stride) * model.stride
-    per_window = (core + margin) ** 2 * _bytes_per_window_pixel(model, dtype)
+    per_window = _window_side(model, core) ** 2 * _bytes_per_window_pixel(model, dtype)
     return int(max(1, min(_MAX_BATCH, free_memory(device) * _MEMORY_FRACTION // per_window)))

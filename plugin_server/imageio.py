@@ -65,17 +65,24 @@ def format_for_path(path: str | os.PathLike) -> str:
     return fmt
 
 
-def peek_size(data: bytes) -> tuple[int, int, str]:
-    """(width, height, format) from the header alone."""
-    fmt = sniff_format(data)
+def peek_size(data: bytes | Path) -> tuple[int, int, str]:
+    """(width, height, format) from the header alone, of encoded bytes or of a file
+    (of which only the header is read)."""
+    if isinstance(data, Path):
+        with open(data, "rb") as f:
+            head = f.read(32)
+        source: Path | io.BytesIO = data
+    else:
+        head, source = data, io.BytesIO(data)
+    fmt = sniff_format(head)
     try:
         if fmt == "png":
-            width, height = png_chunks.header_size(data)
+            width, height = png_chunks.header_size(head)
         elif fmt == "jpeg":
             with _pillow_open(data) as im:  # lazy: parses markers up to SOF only
                 width, height = im.size
         else:
-            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            with tifffile.TiffFile(source) as tif:
                 page = tif.pages.first
                 width, height = page.imagewidth, page.imagelength
     except Exception as exc:  # parsers raise many types for a damaged header
@@ -170,11 +177,11 @@ def _umask() -> int:
     return mask
 
 
-def _pillow_open(data: bytes) -> Image.Image:
+def _pillow_open(data: bytes | Path) -> Image.Image:
     # Our callers enforce their own pixel limit (peek_size + max_pixels); Pillow's global
     # guard would refuse legitimate 200 MP studio files.
     Image.MAX_IMAGE_PIXELS = None
-    return Image.open(io.BytesIO(data))
+    return Image.open(data if isinstance(data, Path) else io.BytesIO(data))
 
 
 def _as_hwc(pixels: np.ndarray) -> np.ndarray:

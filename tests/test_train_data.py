@@ -124,3 +124,11 @@ def test_bad_pair_is_skipped_and_named(ffhqr: Path, tmp_path: Path) -> None:
     data = WindowDataset(FilePairs(list_pairs(root, split="train")), WindowSpec(window=32), seed=0)
     before, after, skipped = collate_windows([data[(0, 1)], data[(0, 2)]])
     assert before.shape == (2, 3, 32, 32) and skipped == ["00001"]
+
+
+def test_16_bit_rgb_pairs_keep_16_bits(tmp_path: Path) -> None:
+    from plugin_server import imageio
+
+    pixels = (np.arange(12 * 10 * 3, dtype=np.uint16).reshape(12, 10, 3) * 181) + 7  # not multiples of 257
+    imageio.write(tmp_path / "deep.png", imageio.Picture(pixels, "png"))
+    assert np.array_equal(read_image(tmp_path / "deep.png"), pixels)

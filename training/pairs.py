@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image
 
-from plugin_server.errors import BadImageError
+from plugin_server import imageio
+from plugin_server.errors import AutoRetouchError, BadImageError
 
 from .errors import DataError
 
@@ -177,16 +177,15 @@ def _hash_split(name: str, val_fraction: float, test_fraction: float) -> str:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 or uint16 RGB; alpha is dropped (FFHQR targets are RGBA, alpha 255)."""
+    """(H, W, 3) uint8 or uint16 RGB, 16-bit kept; alpha is dropped (FFHQR targets are RGBA,
+    alpha 255) and gray repeated. Any unreadable file is a BadImageError, which training skips."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im).astype(np.uint16)
-                return np.repeat(arr[..., None], 3, axis=2)
-            return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+        pixels = imageio.read(path).pixels
+    except AutoRetouchError as exc:
         raise BadImageError(f"{path}: cannot read image ({exc})") from exc
+    if pixels.dtype == np.float32:
+        raise BadImageError(f"{path}: float images are not training pairs; save them as 8- or 16-bit")
+    return pixels[..., :3] if pixels.shape[2] >= 3 else np.repeat(pixels, 3, axis=2)
 
 
 def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
@@ -217,7 +216,7 @@ def check_pairs(root: Path, layout: str = "auto", workers: int = 4) -> CheckRepo
             return str(exc.__cause__ or exc)
         return image.shape[1], image.shape[0]
 
-    with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL decodes outside the GIL
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # the decoders release the GIL
         sizes = list(pool.map(lambda p: (size_of(p.before), size_of(p.after)), listing.pairs))
     for pair, (a, b) in zip(listing.pairs, sizes):
         for path, size in ((pair.before, a), (pair.after, b)):

@@ -81,20 +81,16 @@ def build_models(config: TrainConfig, device: torch.device, vgg: VggFeatures | N
     return models
 
 
-def _identity(t: torch.Tensor) -> torch.Tensor:
-    return t
-
-
 def train_step(
     m: Models,
     before: torch.Tensor,
     after: torch.Tensor,
-    gather: Callable[[torch.Tensor], torch.Tensor] = _identity,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """One generator and one discriminator update; returns detached loss tensors.
 
-    ``gather`` concatenates a tensor over DDP ranks, so every rank pushes the same predictions
-    into the RaGAN averages and they stay one estimate for the whole run.
+    ``gather`` (under DDP) concatenates a tensor over ranks, so every rank pushes the same
+    predictions into the RaGAN averages and they stay one estimate for the whole run.
     """
     c = m.config
     autocast = torch.autocast(m.device.type, dtype=m.autocast) if m.autocast else nullcontext()
@@ -129,8 +125,9 @@ def train_step(
             # Real and fake in one forward: DDP expects one forward per backward.
             logits = m.discriminator(torch.cat([after, fake.detach()]))
             d_real, d_fake = logits.float().split(len(after))
-        m.real_avg.push(gather(d_real.detach().mean(dim=(1, 2, 3))))
-        m.fake_avg.push(gather(d_fake.detach().mean(dim=(1, 2, 3))))
+        real, fake_pred = d_real.detach().mean(dim=(1, 2, 3)), d_fake.detach().mean(dim=(1, 2, 3))
+        m.real_avg.push(gather(real) if gather else real)
+        m.fake_avg.push(gather(fake_pred) if gather else fake_pred)
         loss_d = ragan_d_loss(d_real, d_fake, m.real_avg.mean, m.fake_avg.mean)
         m.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()

@@ -183,7 +183,7 @@ def _train(
             skipped_local += skipped
             before = before.to(device, non_blocking=True)
             after = after.to(device, non_blocking=True)
-            losses = train_step(m, before, after, _gather if ddp else _identity_gather)
+            losses = train_step(m, before, after, _gather if ddp else None)
             step += 1
             samples_since += len(before) * world
             if master and (step % config.log_every == 0 or batch_index + 1 == steps_per_epoch):
@@ -219,10 +219,6 @@ def _train(
         if (stopped or not len(val_source) or not config.val_every) and log.read():  # else the last validation just plotted
             plot_losses(log.path, run_dir / "loss.png")
     return TrainResult(m.raw_generator, epoch, step, metrics, run_dir)
-
-
-def _identity_gather(t: torch.Tensor) -> torch.Tensor:
-    return t
 
 
 def _validate(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import math
 import secrets
@@ -35,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 import numpy as np
-import torch
 
 from .. import engine
 from ..errors import AutoRetouchError, BusyError, CancelledError
@@ -107,14 +105,7 @@ class Job:
 
 def models_for(generator: Generator, devices: list[str]) -> dict[str, Generator]:
     """One generator per device, placed there once (the engine copies a misplaced one per call)."""
-    models = {}
-    for name in devices:
-        dev = engine.resolve_device(name)
-        if next(generator.parameters()).device == dev:
-            models[name] = generator
-        else:
-            models[name] = copy.deepcopy(generator).to(device=dev, memory_format=torch.channels_last)
-    return models
+    return {name: engine.model_on(generator, engine.resolve_device(name)) for name in devices}
 
 
 class Scheduler:
