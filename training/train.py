@@ -15,6 +15,7 @@ Re-running the same command with ``--resume`` continues exactly where ``last.pt`
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -75,7 +76,14 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, command: str
         device = torch.device("cuda" if cuda else "cpu")
     master = rank == 0  # only rank 0 writes logs and checkpoints
     try:
-        return _train(config, Path(run_dir), resume, command, ddp, rank, world, device, master)
+        result = _train(config, Path(run_dir), resume, command, ddp, rank, world, device, master)
+        if ddp:
+            # Every rank finishes before any tears gloo down, and the DDP wrappers (which hold
+            # the process group and sit in reference cycles) go before it does: either, left
+            # to interpreter exit, could abort the process after a successful run.
+            dist.barrier()
+            gc.collect()
+        return result
     finally:
         if ddp:
             dist.destroy_process_group()
