@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from plugin_server import checkpoint as server_checkpoint
+from plugin_server.errors import BadOptionError
 from plugin_server.model import Generator
 from training.cli import main
 from training.errors import ResumeError, VggWeightsError
@@ -96,6 +97,28 @@ def test_missing_vgg_file_stops_before_training(ffhqr: Path, tmp_path: Path) -> 
     with pytest.raises(VggWeightsError, match="does not exist"):
         train(tiny_config(ffhqr, None), tmp_path / "run")
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_init_fine_tunes_from_a_training_or_exported_checkpoint(ffhqr: Path, tmp_path: Path) -> None:
+    config = tiny_config(ffhqr, None, beta=0.0, stop_after_steps=2)
+    first = train(config, tmp_path / "first").generator.state_dict()
+    export(tmp_path / "first" / "last.pt", tmp_path / "served.pt", residual_floor=2 / 255)
+    fresh = train(replace(config, epochs=0), tmp_path / "fresh").generator.state_dict()  # no --init
+    for source in ("first/last.pt", "served.pt"):
+        # No steps: the run's generator is exactly the one it started from.
+        start = train(replace(config, init=str(tmp_path / source), epochs=0), tmp_path / f"from-{source[:5]}")
+        assert all(torch.equal(v, first[k]) for k, v in start.generator.state_dict().items())
+    assert any(not torch.equal(v, fresh[k]) for k, v in first.items())
+    tuned = train(replace(config, init=str(tmp_path / "served.pt"), stop_after_steps=1), tmp_path / "tuned")
+    assert any(not torch.equal(v, first[k]) for k, v in tuned.generator.state_dict().items())
+    _, meta = server_checkpoint.load(export(tmp_path / "tuned" / "last.pt", tmp_path / "tuned.pt"))
+    assert meta["steps"] == 1 and meta["init"]["checkpoint"] == str(tmp_path / "served.pt")
+    assert meta["init"]["steps"] == 2 and meta["init"]["trained_on"] == str(ffhqr)  # the whole recipe
+
+    wider = replace(config, generator=replace(config.generator, full_channels=8), init=str(tmp_path / "served.pt"))
+    with pytest.raises(BadOptionError, match="--init .*full-channels"):
+        train(wider, tmp_path / "wider")
+    assert not (tmp_path / "wider" / "last.pt").exists()
 
 
 def test_export_is_served_with_the_trainers_pixels(ffhqr: Path, tmp_path: Path) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from training.discriminator import PatchDiscriminator
 from training.errors import VggWeightsError
-from training.losses import RunningMean, ragan_d_loss, ragan_g_loss
+from training.losses import RunningMean, keep_weighted_mse, ragan_d_loss, ragan_g_loss
 from training.metrics import changed, psnr, ssim
 from training.pairs import read_image, to_float
 from training.vgg import layer_table, load_vgg19_features
@@ -36,6 +37,23 @@ def test_ragan_losses_reward_the_right_side() -> None:
     real, fake = torch.full((2, 1, 4, 4), 3.0), torch.full((2, 1, 4, 4), -3.0)
     assert ragan_d_loss(real, fake, 3.0, -3.0) < ragan_d_loss(fake, real, -3.0, 3.0)
     assert ragan_g_loss(fake, real, -3.0, 3.0) < ragan_g_loss(real, fake, 3.0, -3.0)
+
+
+def test_keep_weight_makes_an_unwanted_edit_cost_more_than_a_missed_one() -> None:
+    before = torch.rand(2, 3, 8, 8)
+    target = before.clone()
+    target[0, 1, 2, 3] += 0.25  # the retoucher changed one pixel (in one channel)
+    missed = before.clone()  # output: left the wanted edit undone
+    unwanted = target.clone()
+    unwanted[1, :, 5, 5] += 0.25  # output: did the edit, and also touched an untouched pixel
+    n = before.numel()
+    assert torch.isclose(keep_weighted_mse(missed, before, target), F.mse_loss(missed, target))
+    assert torch.isclose(keep_weighted_mse(missed, before, target, 4.0), torch.tensor(0.25**2 / n))
+    assert torch.isclose(keep_weighted_mse(unwanted, before, target, 4.0), torch.tensor(4 * 3 * 0.25**2 / n))
+    # A changed pixel's other channels count as changed: the pixel is the unit, not the channel.
+    also_channel = target.clone()
+    also_channel[0, 0, 2, 3] += 0.5
+    assert torch.isclose(keep_weighted_mse(also_channel, before, target, 4.0), torch.tensor(0.5**2 / n))
 
 
 def test_patch_discriminator_is_fully_convolutional() -> None:

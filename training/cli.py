@@ -66,10 +66,14 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     loss.add_argument("--alpha", type=float, default=D.alpha, help="weight of the relativistic average GAN term")
     loss.add_argument("--beta", type=float, default=D.beta, help="weight of the VGG-19 perceptual term")
     loss.add_argument("--gamma", type=float, default=D.gamma, help="weight of the MSE term")
+    loss.add_argument("--keep-weight", type=float, default=D.keep_weight,
+                      help="MSE weight of pixels the retoucher left unchanged (1: plain MSE; >1: false edits cost more)")
     loss.add_argument("--ragan-window", type=int, default=D.ragan_window, help="predictions in the RaGAN running average")
     loss.add_argument("--perceptual-layer", default=D.perceptual_layer, help="VGG-19 layer (conv5_2 = the 14th weight layer; reluX_Y = after ReLU)")
     loss.add_argument("--vgg-weights", default=D.vgg_weights, help="torchvision vgg19 state dict (vgg19-dcbb9e9d.pth); see docs/training.md")
     opt = p.add_argument_group("optimisation")
+    opt.add_argument("--init", default=D.init, metavar="CHECKPOINT",
+                     help="start the generator from this checkpoint (training or exported) to fine-tune it, e.g. on your studio's pairs")
     opt.add_argument("--lr-g", type=float, default=D.lr_g, help="Adam learning rate of the generator")
     opt.add_argument("--lr-d", type=float, default=D.lr_d, help="Adam learning rate of the discriminator")
     opt.add_argument("--batch-size", type=int, default=D.batch_size, help="windows per step per process")

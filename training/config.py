@@ -21,7 +21,7 @@ Precision = Literal["auto", "fp32", "bf16"]
 # Paths may move between machines too.
 RUN_ONLY_FIELDS = frozenset(
     {"data", "vgg_weights", "device", "epochs", "workers", "log_every", "stop_after_steps",
-     "checkpoint_every", "val_every", "val_images"}
+     "checkpoint_every", "val_every", "val_images", "init"}
 )
 
 
@@ -45,10 +45,12 @@ class TrainConfig:
     alpha: float = 1e-3
     beta: float = 6e-3
     gamma: float = 0.5
+    keep_weight: float = 1.0  # MSE weight of pixels the retoucher left alone; > 1 makes false edits cost more
     ragan_window: int = 300  # predictions in the running average of the relativistic GAN
     perceptual_layer: str = "conv5_2"  # the 14th weight layer of VGG-19
     vgg_weights: str = "vgg19.pth"
     # optimisation
+    init: str = ""  # start the generator from this checkpoint's weights (fine-tuning); "": random
     lr_g: float = 2e-4
     lr_d: float = 1e-4
     batch_size: int = 75
@@ -73,6 +75,8 @@ class TrainConfig:
             raise ValueError("loss weights must be >= 0 and at least one must be > 0")
         if not 0 <= self.background_prob <= 1:
             raise ValueError(f"background_prob must be in [0, 1], got {self.background_prob}")
+        if self.keep_weight <= 0:
+            raise ValueError(f"keep_weight must be > 0, got {self.keep_weight}")
         if self.ragan_window < 1:
             raise ValueError(f"ragan_window must be >= 1, got {self.ragan_window}")
 

@@ -85,6 +85,19 @@ def load_any_generator(path: str | os.PathLike) -> tuple[Generator, dict[str, An
     return generator_from_training(payload), {"epochs": payload["epoch"], "steps": payload["step"]}
 
 
+def _lineage(path: str) -> dict[str, Any]:
+    """What a fine-tuned run started from, so an exported model records its whole recipe."""
+    try:
+        payload = load_training(path)
+    except CheckpointError:
+        _, meta = server_checkpoint.load(path)
+        return {"checkpoint": path, **{k: meta.get(k) for k in ("trained_on", "epochs", "steps", "train_command")}}
+    return {
+        "checkpoint": path, "trained_on": payload["config"]["data"], "epochs": payload["epoch"],
+        "steps": payload["step"], "train_command": payload.get("command", ""),
+    }
+
+
 def export(
     train_checkpoint: str | os.PathLike, out: str | os.PathLike, command: str | None = None,
     residual_floor: float | None = None,
@@ -107,6 +120,8 @@ def export(
         "train_config": config.to_dict(),
         "source_checkpoint": str(Path(train_checkpoint).resolve()),
     }
+    if config.init:
+        metadata["init"] = _lineage(config.init)
     generator = generator_from_training(payload)
     if residual_floor is not None:
         floored = Generator(dataclasses.replace(generator.config, residual_floor=residual_floor))

@@ -15,6 +15,7 @@ Re-running the same command with ``--resume`` continues exactly where ``last.pt`
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import math
@@ -39,7 +40,7 @@ from .errors import DataError, ResumeError
 from .evaluate import evaluate
 from .pairs import list_pairs
 from .report import JsonlLog, Progress, plot_losses, save_grid
-from .state import capture_rng, load_training, restore_rng, save_training
+from .state import capture_rng, load_any_generator, load_training, restore_rng, save_training
 from .step import Models, build_models, train_step
 from .vgg import load_vgg19_features
 from .windows import FilePairs, WindowDataset, WindowSpec, collate_windows, epoch_batches
@@ -143,6 +144,8 @@ def _train(
     epoch, first_batch, step, best = 0, 0, 0, -math.inf
     metrics: dict[str, float] = {}
     skipped_total = 0
+    if config.init and payload is None:
+        _init_generator(m.raw_generator, config.init)
     if payload is not None:
         m.load_state_dict(payload)
         if len(payload["rng"]) == world:
@@ -227,6 +230,18 @@ def _train(
         if (stopped or not len(val_source) or not config.val_every) and log.read():  # else the last validation just plotted
             plot_losses(log.path, run_dir / "loss.png")
     return TrainResult(m.raw_generator, epoch, step, metrics, run_dir)
+
+
+def _init_generator(generator: Generator, path: str) -> None:
+    """Fine-tuning: start from a checkpoint's weights, which must fit this run's generator."""
+    source, _ = load_any_generator(path)
+    theirs = dataclasses.replace(source.config, residual_floor=0.0)
+    if theirs != generator.config:
+        raise BadOptionError(
+            f"--init {path}: its generator is {theirs}, this run's is {generator.config}; "
+            "give the same --full-channels, --body-channels, --blocks and --kernel-size"
+        )
+    generator.load_state_dict(source.state_dict())
 
 
 def _validate(
