@@ -152,3 +152,16 @@ def test_cli_writes_matching_studio_pairs(ffhq: dict[str, np.ndarray], tmp_path:
     assert np.array_equal(after, synthetic.load_photo(photos[0], short_side=256))
     expected = SyntheticPairs(photos, 2, 5, short_side=256, aligned=True)[1][0]
     assert np.array_equal(before, expected)
+
+
+def test_cli_kinds_keeps_only_local_blemishes(tmp_path: Path) -> None:
+    photo = PORTRAITS / "ffhq-00003.png"
+    common = ["--photos", str(photo), "--seed", "2", "--short-side", "512", "--aligned"]
+    assert synthetic.main(["--out", str(tmp_path / "local"), "--kinds", "spots", "pimples", *common]) == 0
+    after = np.asarray(Image.open(tmp_path / "local" / "after" / "ffhq-00003-000.png"))
+    local = np.asarray(Image.open(tmp_path / "local" / "before" / "ffhq-00003-000.png"))
+    config = synthetic.BlemishConfig(redness=(0, 0), blotches=(0, 0))
+    assert np.array_equal(local, SyntheticPairs([photo], 1, 2, short_side=512, aligned=True, config=config)[0][0])
+    everything = SyntheticPairs([photo], 1, 2, short_side=512, aligned=True)[0][0]
+    # Broad tone patches touch far more pixels than spots and pimples do.
+    assert 0 < _changed(local, after).mean() < 0.5 * _changed(everything, after).mean()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -472,11 +472,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--short-side", type=int, default=None, help="shrink photos to this short side first")
     p.add_argument("--aligned", action="store_true", help="photos are FFHQ-aligned faces (eye and mouth boxes known)")
     p.add_argument("--crop", type=int, default=None, help="then keep a CROP x CROP square around the skin (large photos)")
+    kinds = [name for name, _ in _KINDS]
+    p.add_argument("--kinds", nargs="+", choices=kinds, default=kinds,
+                   help="blemish kinds to add: local ones (spots, pimples) or also broad tone (redness, blotches)")
     args = p.parse_args(argv)
     stems = [photo.stem for photo in args.photos]
     if len(set(stems)) != len(stems):
         p.error("photos must have distinct file names (they name the pairs)")
-    pairs = SyntheticPairs(args.photos, args.pairs_per_photo, args.seed, args.short_side, args.aligned, crop=args.crop)
+    config = replace(BlemishConfig(), **{kind: (0, 0) for kind in kinds if kind not in args.kinds})
+    pairs = SyntheticPairs(args.photos, args.pairs_per_photo, args.seed, args.short_side, args.aligned, config, args.crop)
     try:
         written = write_pairs(pairs, stems, args.out)
     except (OSError, ValueError) as e:
