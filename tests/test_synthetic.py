@@ -165,3 +165,29 @@ def test_cli_kinds_keeps_only_local_blemishes(tmp_path: Path) -> None:
     everything = SyntheticPairs([photo], 1, 2, short_side=512, aligned=True)[0][0]
     # Broad tone patches touch far more pixels than spots and pimples do.
     assert 0 < _changed(local, after).mean() < 0.5 * _changed(everything, after).mean()
+
+
+def test_keep_crops_are_untouched_features_of_the_photo(tmp_path: Path) -> None:
+    photo = PORTRAITS / "ffhq-00001.png"
+    args = ["--out", str(tmp_path), "--photos", str(photo), "--pairs-per-photo", "6", "--seed", "3", "--aligned", "--keep-crops"]
+    assert synthetic.main(args) == 0
+    names = sorted(p.name for p in (tmp_path / "before").iterdir())
+    assert names == sorted([f"ffhq-00001-{k:03d}{s}.png" for k in range(6) for s in ("", "-keep")])
+    clean = synthetic.load_photo(photo)
+    face = aligned_face_box(1024, 1024)
+    centres = [((p.top + p.bottom) / 2, (p.left + p.right) / 2) for p in (face.part(*b) for b in FEATURE_BOXES)]
+    for k in range(6):
+        before = np.asarray(Image.open(tmp_path / "before" / f"ffhq-00001-{k:03d}-keep.png"))
+        assert np.array_equal(before, np.asarray(Image.open(tmp_path / "after" / f"ffhq-00001-{k:03d}-keep.png")))
+        size = before.shape[0]
+        assert before.shape == (256, 256, 3)  # a quarter of the aligned 1024 x 1024 photo
+        # Where in the photo it was cut (it must be a piece of it): on an eye, the mouth, or a top corner.
+        candidates = zip(*np.nonzero((clean[: 1024 - size + 1, : 1024 - size + 1] == before[0, 0]).all(axis=2)))
+        found = [(y, x) for y, x in candidates if np.array_equal(clean[y : y + size, x : x + size], before)]
+        assert found, "the keep crop is not a piece of the photo"
+        y, x = found[0]
+        cy, cx = y + size / 2, x + size / 2
+        near_feature = any(abs(cy - fy) <= 0.2 * size + 1 and abs(cx - fx) <= 0.2 * size + 1 for fy, fx in centres)
+        assert near_feature or y == 0, (y, x)
+    with pytest.raises(SystemExit):
+        synthetic.main(["--out", str(tmp_path / "x"), "--photos", str(photo), "--keep-crops"])

@@ -392,6 +392,26 @@ def crop_around_skin(image: np.ndarray, size: int) -> np.ndarray:
     return image[top : top + ch, left : left + cw]
 
 
+def keep_crop(clean: np.ndarray, face_box: FaceBox, rng: np.random.Generator) -> np.ndarray:
+    """An untouched square around an eye, the mouth or a top corner of the background.
+
+    As a pair with itself it teaches "change nothing here" where a small model is most tempted
+    to edit: lashes, brows, the red inner corner of an eye, lips, and colourful backgrounds.
+    """
+    h, w = clean.shape[:2]
+    size = max(round(0.25 * face_box.width / (ALIGNED_FACE[3] - ALIGNED_FACE[1])), 8)
+    choice = int(rng.integers(len(FEATURE_BOXES) + 1))
+    if choice < len(FEATURE_BOXES):
+        part = face_box.part(*FEATURE_BOXES[choice])
+        cy, cx = (part.top + part.bottom) / 2, (part.left + part.right) / 2
+    else:
+        cy, cx = size / 2, size / 2 if rng.random() < 0.5 else w - size / 2
+    cy, cx = cy + rng.uniform(-0.2, 0.2) * size, cx + rng.uniform(-0.2, 0.2) * size
+    top = int(np.clip(round(cy - size / 2), 0, max(h - size, 0)))
+    left = int(np.clip(round(cx - size / 2), 0, max(w - size, 0)))
+    return clean[top : top + size, left : left + size].copy()
+
+
 class SyntheticPairs:
     """pairs_per_photo (before, after) pairs per photo, indexable like a map-style Dataset.
 
@@ -439,6 +459,13 @@ class SyntheticPairs:
         box = aligned_face_box(*clean.shape[:2]) if self.aligned else None
         return make_pair(clean, np.random.default_rng([self.seed, index]), box, self.config)
 
+    def keep(self, index: int) -> np.ndarray:
+        """Pair ``index``'s untouched feature crop (aligned faces only; see ``keep_crop``)."""
+        if not self.aligned:
+            raise ValueError("keep crops need aligned faces (--aligned): their eyes and mouth are where FFHQ puts them")
+        clean = self.photo(index)
+        return keep_crop(clean, aligned_face_box(*clean.shape[:2]), np.random.default_rng([self.seed, index, 1]))
+
 
 def _write_png(image: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -447,15 +474,22 @@ def _write_png(image: np.ndarray, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_pairs(pairs: SyntheticPairs, names: Sequence[str], out: Path) -> list[str]:
-    """Write every pair as out/before/NAME-K.png and out/after/NAME-K.png; returns the names."""
+def write_pairs(pairs: SyntheticPairs, names: Sequence[str], out: Path, keep: bool = False) -> list[str]:
+    """Write every pair as out/before/NAME-K.png and out/after/NAME-K.png; returns the names.
+
+    With keep, each pair also gets NAME-K-keep.png, the same untouched crop on both sides.
+    """
     written = []
     for index in range(len(pairs)):
-        name = f"{names[index // pairs.pairs_per_photo]}-{index % pairs.pairs_per_photo:03d}.png"
-        before, after = pairs[index]
-        _write_png(before, out / "before" / name)
-        _write_png(after, out / "after" / name)
-        written.append(name)
+        stem = f"{names[index // pairs.pairs_per_photo]}-{index % pairs.pairs_per_photo:03d}"
+        items = [(f"{stem}.png", *pairs[index])]
+        if keep:
+            crop = pairs.keep(index)
+            items.append((f"{stem}-keep.png", crop, crop))
+        for name, before, after in items:
+            _write_png(before, out / "before" / name)
+            _write_png(after, out / "after" / name)
+            written.append(name)
     return written
 
 
@@ -475,14 +509,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     kinds = [name for name, _ in _KINDS]
     p.add_argument("--kinds", nargs="+", choices=kinds, default=kinds,
                    help="blemish kinds to add: local ones (spots, pimples) or also broad tone (redness, blotches)")
+    p.add_argument("--keep-crops", action="store_true",
+                   help="with --aligned: per pair, also an untouched crop of an eye, the mouth or the background (before = after)")
     args = p.parse_args(argv)
+    if args.keep_crops and not args.aligned:
+        p.error("--keep-crops needs --aligned (it crops where FFHQ puts the eyes and mouth)")
     stems = [photo.stem for photo in args.photos]
     if len(set(stems)) != len(stems):
         p.error("photos must have distinct file names (they name the pairs)")
     config = replace(BlemishConfig(), **{kind: (0, 0) for kind in kinds if kind not in args.kinds})
     pairs = SyntheticPairs(args.photos, args.pairs_per_photo, args.seed, args.short_side, args.aligned, config, args.crop)
     try:
-        written = write_pairs(pairs, stems, args.out)
+        written = write_pairs(pairs, stems, args.out, keep=args.keep_crops)
     except (OSError, ValueError) as e:
         print(f"error: {e}")
         return 2
