@@ -3,7 +3,7 @@
     python -m training.model_card --checkpoint plugin_server/weights/starter.pt \\
         --heldout build/starter/heldout --out docs/model-card
 
-- held-out synthetic pairs (a studio-layout folder made from photos kept out of training):
+- held-out synthetic pairs (studio-layout folders made from photos kept out of training):
   PSNR, SSIM and masked PSNR beside the No-edit baseline;
 - the real FFHQR before/after pair, the same;
 - each Pexels portrait retouched whole: the share of pixels changed at all and by more than
@@ -92,7 +92,8 @@ def portraits(generator: torch.nn.Module, out: Path) -> dict[str, dict]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.model_card", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, type=Path, help="exported model to measure")
-    p.add_argument("--heldout", required=True, type=Path, help="studio-layout folder of held-out synthetic pairs")
+    p.add_argument("--heldout", required=True, type=Path, nargs="+",
+                   help="studio-layout folders of held-out synthetic pairs, each scored on its own (named by its folder)")
     p.add_argument("--out", required=True, type=Path, help="folder for metrics.json and the crops")
     args = p.parse_args(argv)
     generator, metadata = checkpoint.load(args.checkpoint)
@@ -100,12 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     pair_dir = SHARED / "ffhqr-pair"
     ffhqr = Listing("ffhqr", True, (Pair("00000", pair_dir / "00000-original.png", pair_dir / "00000-retouched.png"),))
     report = {
-        "model": {"file": args.checkpoint.name, "steps": metadata.get("steps"), "trained_on": metadata.get("trained_on")},
-        "heldout_synthetic": scores(generator, list_pairs(args.heldout, layout="studio")),
+        "model": {"file": args.checkpoint.name, "steps": metadata.get("steps"), "trained_on": metadata.get("trained_on"),
+                  "init": metadata.get("init")},
+        **{f"heldout_{d.name}": scores(generator, list_pairs(d, layout="studio")) for d in args.heldout},
         "ffhqr_pair": scores(generator, ffhqr),
         "portraits": portraits(generator, args.out),
     }
-    for key in ("heldout_synthetic", "ffhqr_pair"):
+    for key in [k for k in report if k.startswith("heldout_")] + ["ffhqr_pair"]:
         print(f"{key} ({report[key]['images']} images)")
         print(format_table([("No edit", report[key]["no_edit"]), ("Model", report[key]["model"])]))
     for stem, s in report["portraits"].items():
