@@ -3,8 +3,9 @@
     python -m bench.bench_engine            # prints a table, writes bench/results/engine.json
 
 Each method runs in its own process (so each peak RSS is its own), side by side in one run,
-on real photos from ../shared/data/portraits: a 2 MP crop and the 24 MP portrait. Timings are
-medians. Also: achieved GFLOP/s against the measured peak of one conv of the body's shape, a
+on real photos from ../shared/data/portraits: a 2 MP crop and the 24 MP portrait, with the
+default network's random weights and, where it is installed, the bundled starter model (the same
+network plus its edit floor). Timings are medians. Also: achieved GFLOP/s against the measured peak of one conv of the body's shape, a
 100 MP 16-bit TIFF through `autoretouch retouch` (peak RSS), and on CUDA the bf16 roofline.
 """
 
@@ -50,6 +51,11 @@ def model() -> Generator:
     return Generator().eval()
 
 
+def starter() -> Generator:
+    """The bundled starter model: the default network with trained weights and an edit floor."""
+    return checkpoint.load(checkpoint.BUNDLED)[0].eval()
+
+
 def window_side(image: np.ndarray, generator: Generator) -> int:
     """The engine's window side for this image, so MONAI gets the same window."""
     core, _ = auto_tile(generator, torch.device("cpu"), torch.float32, *image.shape[:2])
@@ -58,8 +64,8 @@ def window_side(image: np.ndarray, generator: Generator) -> int:
 
 
 def run_method(method: str, image: np.ndarray) -> np.ndarray:
-    generator = model()
-    if method == "engine":
+    generator = starter() if method == "starter" else model()
+    if method in ("engine", "starter"):
         return retouch(image, generator)
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W) NCHW fp32
     with torch.inference_mode():
@@ -122,6 +128,7 @@ def compare_methods(image: np.ndarray, label: str, tmp: Path, generator: Generat
     np.save(source, image)
     rows, outputs = [], {}
     methods = ["engine", "monai"] + (["naive"] if fits_whole(image, generator) else [])
+    methods += ["starter"] if checkpoint.BUNDLED.is_file() else []
     for method in methods:
         out = tmp / f"{label}-{method}.npy"
         row = {"image": label, "method": method, **child("worker", method, str(source), str(out))}
@@ -133,7 +140,7 @@ def compare_methods(image: np.ndarray, label: str, tmp: Path, generator: Generat
     reference = outputs.get("naive", outputs.get("engine"))
     whole = np.load(reference) if "naive" in outputs else retouch(image, generator, tile_size=0)
     for row in rows:
-        if row["method"] in outputs:
+        if row["method"] in outputs and row["method"] != "starter":  # other weights: no reference
             row["max_diff_vs_whole"] = int(np.abs(np.load(outputs[row["method"]]).astype(int) - whole).max())
     return rows
 
@@ -210,7 +217,7 @@ def print_report(report: dict) -> None:
             print(f"{r['image']:6} {r['method']:8} failed: {r['error']}")
             continue
         print(f"{r['image']:6} {r['method']:8} {r['mp_per_s']:7.2f} {r['gflop_per_s']:8.1f} "
-              f"{r['max_diff_vs_whole']:9d} {r['peak_rss_mb']:12.0f}")
+              f"{r.get('max_diff_vs_whole', '-'):>9} {r['peak_rss_mb']:12.0f}")
     peak = report["single_conv_peak_gflop_per_s"]
     for r in report["rows"]:
         if r["method"] == "engine" and "gflop_per_s" in r:
