@@ -78,7 +78,7 @@ def test_refuses_to_overwrite_its_input(tmp_path, photo, model_file):
 
 
 def test_clear_errors_for_bad_input_and_options(tmp_path, photo, model_file):
-    user_error(run("retouch", photo, tmp_path / "o.png"), "--checkpoint")
+    user_error(run("retouch", photo, tmp_path / "o.png", "--checkpoint", tmp_path / "absent.pt"), "absent.pt")
     user_error(run("retouch", tmp_path / "missing.jpg", tmp_path / "o.png", "--checkpoint", model_file), "missing.jpg")
     (tmp_path / "notes.jpg").write_text("not a photo")
     user_error(run("retouch", tmp_path / "notes.jpg", tmp_path / "o.png", "--checkpoint", model_file), "not a PNG, JPEG or TIFF")

@@ -96,7 +96,7 @@ def test_non_loopback_bind_needs_a_token(ckpt):
     assert result.returncode == 2 and "token" in result.stderr, result.stderr
 
 
-def test_missing_checkpoint_is_a_clear_error():
-    result = subprocess.run([sys.executable, "-m", "plugin_server.server.main", "--port", "1"],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and "--checkpoint" in result.stderr, result.stderr
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "plugin_server.server.main", "--checkpoint", str(tmp_path / "absent.pt"),
+                             "--port", "1"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "absent.pt" in result.stderr, result.stderr
