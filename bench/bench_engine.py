@@ -5,8 +5,9 @@
 Each method runs in its own process (so each peak RSS is its own), side by side in one run,
 on real photos from ../shared/data/portraits: a 2 MP crop and the 24 MP portrait, with the
 default network's random weights and, where it is installed, the bundled starter model (the same
-network plus its edit floor). Timings are medians. Also: achieved GFLOP/s against the measured peak of one conv of the body's shape, a
-100 MP 16-bit TIFF through `autoretouch retouch` (peak RSS), and on CUDA the bf16 roofline.
+network plus its edit floor). Timings are medians. Also: achieved GFLOP/s against the measured
+peak of one conv of the body's shape, a 100 MP 16-bit TIFF through `autoretouch retouch` (peak
+RSS), and on CUDA the bf16 roofline.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Measure a model for the README's model card, on material it was not trained on.
 
     python -m training.model_card --checkpoint plugin_server/weights/starter.pt \\
-        --heldout build/starter/heldout --out docs/model-card
+        --heldout build/starter/heldout/all build/starter/heldout/local --out docs/model-card
 
 - held-out synthetic pairs (studio-layout folders made from photos kept out of training):
   PSNR, SSIM and masked PSNR beside the No-edit baseline;
