@@ -82,20 +82,16 @@ def load_any_generator(path: str | os.PathLike) -> tuple[Generator, dict[str, An
         payload = load_training(path)
     except CheckpointError:
         return server_checkpoint.load(path)
-    return generator_from_training(payload), {"epochs": payload["epoch"], "steps": payload["step"]}
+    return generator_from_training(payload), {
+        "trained_on": payload["config"]["data"], "epochs": payload["epoch"], "steps": payload["step"],
+        "train_command": payload.get("command", ""),
+    }
 
 
 def _lineage(path: str) -> dict[str, Any]:
     """What a fine-tuned run started from, so an exported model records its whole recipe."""
-    try:
-        payload = load_training(path)
-    except CheckpointError:
-        _, meta = server_checkpoint.load(path)
-        return {"checkpoint": path, **{k: meta.get(k) for k in ("trained_on", "epochs", "steps", "train_command")}}
-    return {
-        "checkpoint": path, "trained_on": payload["config"]["data"], "epochs": payload["epoch"],
-        "steps": payload["step"], "train_command": payload.get("command", ""),
-    }
+    _, meta = load_any_generator(path)
+    return {"checkpoint": path, **{k: meta.get(k) for k in ("trained_on", "epochs", "steps", "train_command")}}
 
 
 def export(

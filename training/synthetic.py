@@ -455,15 +455,17 @@ class SyntheticPairs:
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= index < len(self):
             raise IndexError(index)
-        clean = self.photo(index)
+        return self.pair(self.photo(index), index)
+
+    def pair(self, clean: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pair ``index`` from its photo, already read with ``photo(index)``."""
         box = aligned_face_box(*clean.shape[:2]) if self.aligned else None
         return make_pair(clean, np.random.default_rng([self.seed, index]), box, self.config)
 
-    def keep(self, index: int) -> np.ndarray:
-        """Pair ``index``'s untouched feature crop (aligned faces only; see ``keep_crop``)."""
+    def keep(self, clean: np.ndarray, index: int) -> np.ndarray:
+        """Pair ``index``'s untouched feature crop of its photo (aligned faces only; see ``keep_crop``)."""
         if not self.aligned:
             raise ValueError("keep crops need aligned faces (--aligned): their eyes and mouth are where FFHQ puts them")
-        clean = self.photo(index)
         return keep_crop(clean, aligned_face_box(*clean.shape[:2]), np.random.default_rng([self.seed, index, 1]))
 
 
@@ -482,9 +484,10 @@ def write_pairs(pairs: SyntheticPairs, names: Sequence[str], out: Path, keep: bo
     written = []
     for index in range(len(pairs)):
         stem = f"{names[index // pairs.pairs_per_photo]}-{index % pairs.pairs_per_photo:03d}"
-        items = [(f"{stem}.png", *pairs[index])]
+        clean = pairs.photo(index)  # read once: large photos are slow to decode
+        items = [(f"{stem}.png", *pairs.pair(clean, index))]
         if keep:
-            crop = pairs.keep(index)
+            crop = pairs.keep(clean, index)
             items.append((f"{stem}-keep.png", crop, crop))
         for name, before, after in items:
             _write_png(before, out / "before" / name)
