@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 import sys
 
 import pytest
 
-from plugin_server.server.security import is_allowed_origin, is_loopback_host_header, token_matches
+from plugin_server.errors import BadConfigError
+from plugin_server.server.security import (
+    is_allowed_origin, is_loopback_host_header, token_matches, validate_token,
+)
 from server_fixtures import make_checkpoint, start_server
 
 TOKEN = "s3cret-token"
@@ -43,6 +48,23 @@ def test_token_comparison():
         assert not token_matches(header, TOKEN)
 
 
+@pytest.mark.parametrize("header", ["Bearer \udcff\udcfe", "Bearer \ud800", "Bearer s3cret-tokén", "Bearer é",
+                                    "Bearer \x00", "\udcc3\udca9 s3cret-token", "Bearer s3cret-token\udcff"])
+def test_any_authorization_text_is_a_plain_mismatch(header):
+    assert token_matches(header, TOKEN) is False  # never an exception: a 401, not a 500
+
+
+@pytest.mark.parametrize("token", ["", " ", "\t\n", "two words", "tokén", "tab\tinside", "new\nline"])
+def test_tokens_no_request_could_present_are_refused(token):
+    with pytest.raises(BadConfigError, match="token"):
+        validate_token(token)
+
+
+def test_usable_tokens_are_kept():
+    assert validate_token(None) is None
+    assert validate_token(TOKEN) == TOKEN and validate_token("A-z_0.9~+/=!$") == "A-z_0.9~+/=!$"
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     return make_checkpoint(tmp_path_factory.mktemp("security") / "g.pt")
@@ -62,6 +84,26 @@ def test_token_is_required_on_every_request(server):
     status, body = server.json("POST", "/v1/jobs", headers={"Authorization": "Bearer nope"})
     assert status == 401
     assert server.json("GET", "/v1/health")[0] == 200  # the fixture sends the right token
+
+
+def _raw_request(port: int, authorization: bytes) -> tuple[int, bytes]:
+    """GET /v1/health with these exact Authorization bytes (http.client would re-encode them)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: " + authorization
+                     + b"\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+@pytest.mark.parametrize("authorization", [b"Bearer \xff\xfe\xfd", b"Bearer s3cret-tok\xc3\xa9n", b"Bearer \xc3\x28",
+                                           b"\xe2\x82\xac " + TOKEN.encode(), b"Bearer " + TOKEN.encode() + b"\x80"])
+def test_non_ascii_authorization_bytes_get_401_not_500(server, authorization):
+    status, body = _raw_request(server.port, authorization)
+    assert status == 401 and json.loads(body)["error"]["code"] == "unauthorized"
+    assert "Traceback" not in server.log()
 
 
 @pytest.mark.parametrize("host", ["evil.com", "attacker.example:8377", "192.168.0.10:8377"])

@@ -15,15 +15,12 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ..errors import AutoRetouchError
+from ..errors import BadConfigError, ForbiddenError, UnauthorizedError
 
-
-class UnauthorizedError(AutoRetouchError):
-    code = "unauthorized"
-
-
-class ForbiddenError(AutoRetouchError):
-    code = "forbidden"
+# RFC 9110 token68-style: visible ASCII, no spaces. Anything else either cannot be sent in a
+# header by every client (non-ASCII is encoded differently by each) or never matches
+# (whitespace is stripped from the header before the comparison).
+_TOKEN_CHARACTERS = frozenset(chr(c) for c in range(0x21, 0x7F))
 
 
 def is_loopback_name(host: str) -> bool:
@@ -65,14 +62,31 @@ def is_allowed_origin(origin: str | None) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname) and is_loopback_name(parts.hostname)
 
 
+def validate_token(token: str | None) -> str | None:
+    """The configured token, or BadConfigError when no request could ever present it."""
+    if token is None:
+        return None
+    if not token.strip():
+        raise BadConfigError("the server's token is empty or only whitespace; set a real secret or none at all")
+    if not set(token) <= _TOKEN_CHARACTERS:
+        raise BadConfigError(
+            "the server's token may hold only visible ASCII characters (letters, digits, punctuation; no spaces), "
+            "as clients send it in an HTTP header"
+        )
+    return token
+
+
 def token_matches(authorization: str | None, token: str) -> bool:
-    """``Authorization: Bearer <token>``, compared in constant time."""
+    """``Authorization: Bearer <token>``, compared in constant time; False for any other text."""
     if not authorization:
         return False
     scheme, _, given = authorization.strip().partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8"))
+    # aiohttp decodes header bytes as UTF-8 with surrogateescape, so a header can hold lone
+    # surrogates that strict UTF-8 cannot encode; surrogatepass encodes any str, and such a
+    # header then simply differs from the (visible ASCII) token.
+    return hmac.compare_digest(given.strip().encode("utf-8", "surrogatepass"), token.encode("utf-8"))
 
 
 def is_loopback_bind(address: str) -> bool:
