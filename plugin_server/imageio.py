@@ -148,7 +148,7 @@ def check_header(header: Header, max_pixels: int) -> None:
     pixels = header.width * header.height
     if pixels > max_pixels:
         raise TooLargeError(
-            f"the image is {header.width}x{header.height} = {pixels / 1e6:.1f} MP; this server takes at most "
+            f"the image is {header.width}x{header.height} = {pixels / 1e6:.1f} MP, over the limit of "
             f"{max_pixels / 1e6:g} MP"
         )
     if header.frames > 1:
@@ -160,7 +160,8 @@ def check_header(header: Header, max_pixels: int) -> None:
         raise TooLargeError(
             f"decoding this {header.format.upper()} ({header.samples} samples of {header.bits} bits per pixel, "
             f"as its header lays them out) would take {header.decoded_bytes / 1e9:.1f} GB, more than the "
-            f"{budget / 1e9:.1f} GB this server allows; save it as a plain gray, RGB or RGBA image"
+            f"{budget / 1e9:.1f} GB allowed for images of up to {max_pixels / 1e6:g} MP; save it as a plain gray, "
+            "RGB or RGBA image"
         )
 
 
@@ -431,7 +432,7 @@ _TIFF_DEPTHS = {"uint": (8, 16), "float": (16, 32, 64)}
 def _peek_tiff(source: bytes | Path) -> Header:
     with tifffile.TiffFile(source if isinstance(source, Path) else io.BytesIO(source)) as tif:
         page = tif.pages.first
-        pages = 2 if tif.pages.is_multipage else 1
+        pages = 2 if _has_second_page(tif.pages) else 1
         photometric = page.photometric
         if photometric == _P.YCBCR and page.compression == tifffile.COMPRESSION.JPEG:
             photometric = _P.RGB  # libjpeg decodes JPEG-compressed YCbCr to RGB
@@ -447,6 +448,15 @@ def _peek_tiff(source: bytes | Path) -> Header:
                         area * max(depth, 1) * samples * math.ceil(bits / 8), _tiff_resolution(page.tags), None)
         return dataclasses.replace(header, unsupported=_tiff_problem(header, photometric, sample_type, depth,
                                                                      page.colormap is not None))
+
+
+def _has_second_page(pages: tifffile.TiffPages) -> bool:
+    """A second IFD that tifffile can read; a next-IFD pointer to garbage or back to the first
+    IFD (seen in damaged files, and ignored by tifffile when it reads them) is no page."""
+    try:
+        return pages.is_multipage and pages.get(1).offset != pages.first.offset
+    except Exception:  # tifffile raises several types for an unreadable IFD
+        return False
 
 
 def _tiff_problem(header: Header, photometric: int, sample_type: str, depth: int, has_colormap: bool) -> str | None:

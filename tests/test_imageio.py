@@ -346,3 +346,13 @@ def test_exif_orientation_is_kept_and_pixels_are_not_rotated():
     assert back.pixels.shape == (16, 32, 3) and back.pixels[:, :6].min() > 240 and back.pixels[:, 10:].max() < 15
     with Image.open(io.BytesIO(imageio.encode(back))) as im:
         assert im.getexif()[0x0112] == 6
+
+
+def test_a_damaged_next_page_pointer_is_not_a_second_page():
+    data = bytearray(tiff_bytes(GRADIENT))
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        ifd = tif.pages.first.offset
+    pointer = ifd + 2 + 12 * struct.unpack("<H", data[ifd:ifd + 2])[0]
+    for junk in (ifd, 3):  # back to the first IFD; into the file header
+        data[pointer:pointer + 4] = struct.pack("<I", junk)
+        assert np.array_equal(imageio.decode(bytes(data)).pixels[..., 0], GRADIENT)
