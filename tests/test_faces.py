@@ -304,3 +304,15 @@ def test_studio_portrait_mask_at_native_resolution(portraits_dir):
         assert mask[round(y) - y0, round(x) - x0] > 0.5, where
     # The feathered edge is a ramp, not a step: some pixels strictly between 0 and 1.
     assert ((mask > 0.05) & (mask < 0.95)).mean() > 0.01
+
+
+@pytest.mark.slow
+def test_a_small_face_in_a_large_photo_is_found_by_tiles(portraits_dir):
+    """IOD ~65 px in a 4800x3600 frame: 2.6 px of the detector's whole-image input, too small
+    there; the tiled pass finds it, with the landmarks it has when cropped alone."""
+    face_photo = photo(portraits_dir, "ffhq-00002.png")[::4, ::4]  # 256x256, IOD about 65 px
+    canvas = np.full((3600, 4800, 3), 90, np.uint8)
+    canvas[2000:2256, 3100:3356] = face_photo
+    (alone,) = find_faces(face_photo, min_iod=0)
+    (found,) = find_faces(canvas)
+    np.testing.assert_allclose(found.landmarks - (3100, 2000), alone.landmarks, atol=2.0)
