@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # On a CPU-only machine this exact version resolves to the CPU wheel; see README for CUDA.
 TORCH_PIN := torch==2.13.0
+# The face models (docs/faces.md): only their .tflite files are taken, hash-checked, out of this
+# wheel into .venv/share/autoretouch/face-models; mediapipe itself is never installed.
+MEDIAPIPE_PIN := mediapipe==0.10.21
 # Extra arguments for `make serve`, e.g. SERVE_ARGS="--checkpoint model.pt --port 8377".
 SERVE_ARGS ?=
 
@@ -14,6 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
 	$(PY) -m pip install --quiet -e ".[test,train,bench]" "$(TORCH_PIN)"
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --dest build/mediapipe "$(MEDIAPIPE_PIN)"
+	$(PY) -m plugin_server.landmarks install build/mediapipe/mediapipe-*.whl
 	touch $@
 
 test: $(VENV)/.installed
