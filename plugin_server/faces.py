@@ -130,8 +130,15 @@ def region_mask(face: Face, region: tuple[int, int, int, int], scale: float = 1.
         ImageDraw.Draw(hole).polygon(to_work(face.landmarks[list(loop)]), fill=1)
         hole_mask = np.asarray(hole, bool)
         radius = margin * face.iod * scale
-        if radius >= 0.5:
-            hole_mask = ndimage.distance_transform_edt(~hole_mask) <= radius
+        rows, cols = np.nonzero(hole_mask)
+        if radius >= 0.5 and rows.size:
+            # Grow the hole by its margin; only its own neighbourhood can be within reach.
+            pad = int(np.ceil(radius)) + 1
+            top, bottom = max(rows.min() - pad, 0), min(rows.max() + pad + 1, h)
+            left, right = max(cols.min() - pad, 0), min(cols.max() + pad + 1, w)
+            near = hole_mask[top:bottom, left:right]
+            hole_mask = hole_mask.copy()
+            hole_mask[top:bottom, left:right] = ndimage.distance_transform_edt(~near) <= radius
         inside &= ~hole_mask
     return inside
 
