@@ -41,9 +41,9 @@ LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0
 RIGHT_NOSTRIL = (98, 64, 240, 75, 79, 166, 60, 99)
 LEFT_NOSTRIL = (327, 294, 460, 305, 309, 392, 290, 328)
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263
-# Sure skin for the colour model: the upper cheeks and the nose's side walls, which hair, beards
-# and glasses frames rarely cover.
-SURE_SKIN = (50, 280, 101, 330, 118, 347, 117, 346, 205, 425, 36, 266, 129, 358)
+# Sure skin for the colour model: the cheeks and the nose's side walls, which hair, beards and
+# glasses rarely cover (not the skin just under the eyes, often seen through a lens).
+SURE_SKIN = (50, 280, 101, 330, 205, 425, 36, 266, 129, 358)
 
 FOREHEAD_LIFT = 0.35  # the mesh stops mid-forehead: its upper oval is raised this much of its height above the brows
 EYE_MARGIN = 0.035  # IODs added around the eyes and lids (lashes)
