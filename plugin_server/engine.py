@@ -1,7 +1,8 @@
 """Exact tiled inference of the generator over a photo of any size, on CPU or GPU.
 
-    out = retouch(pixels, generator)                       # (H, W, C) uint8/uint16/float32
-    out = retouch(pixels, generator, strength=0.5, progress=print, cancel=stop_event.is_set)
+    model = checkpoint.load("model.pt")                    # or Model(Generator())
+    out = retouch(pixels, model)                           # (H, W, C) uint8/uint16/float32
+    out = retouch(pixels, model, RetouchOptions(strength=0.5), progress=print, cancel=stop.is_set)
 
 The output equals a whole-image run (tiles carry margins >= the receptive radius, see
 ``tiling``) while memory stays bounded: each core is written straight into the output array,
@@ -18,57 +19,18 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import BadImageError, BadOptionError, CancelledError, OutOfMemoryError
-from .model import Generator
+from .devices import DTYPES, resolve_device, resolve_precision
+from .errors import BadImageError, CancelledError, OutOfMemoryError
+from .model import Generator, Model
 from .tiling import Region, TilePlan, round_up
+from .wire import RetouchOptions
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-MAX_STRENGTH = 2.0
 _SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.float32): 1.0}
 # Largest core side tried when the caller gives none: larger cores waste less on margins,
 # and on GPU batches of them fill the device.
 _MAX_AUTO_CORE = {"cpu": 2048, "cuda": 2048}
 _MAX_BATCH = 16
 _MEMORY_FRACTION = 0.5
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` or "auto": the first CUDA device if there is one, else the CPU."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise BadOptionError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
-    if dev.type not in ("cpu", "cuda"):
-        raise BadOptionError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise BadOptionError(f"device {device!r} was asked for, but CUDA is not available here; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise BadOptionError(f"device {device!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return dev
-
-
-def default_precision(device: torch.device) -> str:
-    return "bf16" if device.type == "cuda" else "fp32"
-
-
-def resolve_precision(precision: str | None, device: torch.device) -> str:
-    precision = precision or default_precision(device)
-    if precision not in PRECISIONS:
-        raise BadOptionError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    return precision
-
-
-def check_strength(strength: float) -> float:
-    try:
-        value = float(strength)
-    except (TypeError, ValueError) as exc:
-        raise BadOptionError(f"strength must be a number between 0 and {MAX_STRENGTH:g}, got {strength!r}") from exc
-    if not 0.0 <= value <= MAX_STRENGTH:  # also false for NaN
-        raise BadOptionError(f"strength must be between 0 and {MAX_STRENGTH:g}, got {strength!r}")
-    return value
 
 
 def check_image(image: np.ndarray) -> None:
@@ -82,51 +44,53 @@ def check_image(image: np.ndarray) -> None:
         raise BadImageError(f"the image must be uint8, uint16 or float32, got {image.dtype}")
 
 
+def precision_for(model: Model, device: torch.device, precision: str | None) -> str:
+    return resolve_precision(precision, device, model.generator.precisions)
+
+
 def retouch(
     image: np.ndarray,
-    generator: Generator,
-    strength: float = 1.0,
-    tile_size: int | None = None,
-    device: str | torch.device | None = None,
-    precision: str | None = None,
+    model: Model,
+    options: RetouchOptions = RetouchOptions(),
     progress: Callable[[float], None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> np.ndarray:
     """Retouch ``image``: output = input + strength * (G(input) - input), same shape and dtype.
 
-    ``tile_size``: core side in pixels; None picks one from free memory, 0 runs the whole image
-    untiled. On CUDA out-of-memory the tile is halved and the work carries on.
+    ``options.tile_size``: core side in pixels; None picks one from free memory, 0 runs the
+    whole image untiled. On CUDA out-of-memory the tile is halved and the work carries on.
     ``cancel()`` is polled between tiles; when it returns true, CancelledError is raised.
+    Non-finite float pixels come back as they were; the network sees them, and values outside
+    [0, 1], clipped into range, so they cannot spread into their neighbours.
     """
     check_image(image)
-    strength = check_strength(strength)
-    dev = resolve_device(device)
-    dtype = PRECISIONS[resolve_precision(precision, dev)]
-    if tile_size is not None and (not isinstance(tile_size, int) or tile_size < 0):
-        raise BadOptionError(f"tile size must be a positive number of pixels or 0 (whole image), got {tile_size!r}")
+    dev = resolve_device(options.device)
+    dtype = DTYPES[precision_for(model, dev, options.precision)]
     height, width = image.shape[:2]
-    if strength == 0.0:
+    if options.strength == 0.0:
         if progress:
             progress(1.0)
         return image.copy()
-    model = model_on(generator, dev)
-    if tile_size == 0:
+    generator = model_on(model.generator, dev)
+    if options.tile_size == 0:
         core, batch = None, 1
-    elif tile_size is None:
-        core, batch = auto_tile(model, dev, dtype, height, width)
+    elif options.tile_size is None:
+        core, batch = auto_tile(generator, dev, dtype, height, width)
     else:
-        core, batch = tile_size, _auto_batch(model, dev, dtype, tile_size) if dev.type == "cuda" else 1
-    plan = TilePlan.create(height, width, core, model.receptive_radius, model.stride)
+        core = options.tile_size
+        batch = _auto_batch(generator, dev, dtype, core) if dev.type == "cuda" else 1
+    plan = TilePlan.create(height, width, core, generator.receptive_radius, generator.stride)
     out = image.copy()  # alpha (and anything untouched) is already in place
-    _Run(image, out, model, dev, dtype, strength, progress, cancel).process(plan, batch)
+    run = _Run(image, out, generator, model.residual_floor, dev, dtype, options.strength, progress, cancel)
+    run.process(plan, batch)
     return out
 
 
 class _Run:
     """One retouch call: gathers windows, runs the model, writes cores into ``out``."""
 
-    def __init__(self, image, out, model, device, dtype, strength, progress, cancel) -> None:
-        self.image, self.out, self.model = image, out, model
+    def __init__(self, image, out, model, floor, device, dtype, strength, progress, cancel) -> None:
+        self.image, self.out, self.model, self.floor = image, out, model, floor
         self.device, self.dtype, self.strength = device, dtype, strength
         self.progress, self.cancel = progress, cancel
         self.scale = _SCALE[image.dtype]
@@ -144,7 +108,7 @@ class _Run:
             except torch.cuda.OutOfMemoryError:
                 if plan.core <= plan.stride:
                     raise OutOfMemoryError(
-                        f"not enough {self.device} memory even for the smallest tile; free memory or use --device cpu"
+                        f"not enough {self.device} memory even for the smallest tile; free memory or run on the CPU"
                     ) from None
                 # Redo the failed cores and everything after them with half the tile: cores
                 # are only written after a whole batch succeeds, so nothing stale is kept.
@@ -161,10 +125,16 @@ class _Run:
         windows = [plan.window_for(c) for c in cores]
         stack = np.stack([self._window_rgb(w) for w in windows])  # (B, h, w, 3) float32
         x = torch.from_numpy(stack).to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # (B, 3, h, w), channels_last
+        seen = x
+        if self.scale == 1.0:  # float images may hold NaN, Inf or values far outside [0, 1]
+            seen = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            residual = self.model.residual(x)
+            residual = self.model.residual(seen)
+        residual = residual.float()
+        if self.floor:
+            residual = torch.sign(residual) * (residual.abs() - self.floor).clamp_(min=0.0)
         # The global skip in fp32: x + s * R(x), whatever precision the body ran in.
-        y = (x + self.strength * residual.float()).permute(0, 2, 3, 1)  # (B, h, w, 3)
+        y = (x + self.strength * residual).permute(0, 2, 3, 1)  # (B, h, w, 3)
         if self.image.shape[2] == 1:
             y = y.mean(dim=3, keepdim=True)
         if self.scale != 1.0:
@@ -197,13 +167,6 @@ def _window_side(model: Generator, core: int) -> int:
     return core + 2 * round_up(model.receptive_radius, model.stride)
 
 
-def _bytes_per_window_pixel(model: Generator, dtype: torch.dtype) -> float:
-    """Peak activation bytes per window pixel, with headroom for workspaces."""
-    c = model.config
-    live = 3 + 2 * c.full_channels + (2 * c.body_channels) / 4 + c.full_channels + 3  # floats alive at once
-    return 2.0 * live * max(torch.finfo(dtype).bits // 8, 4)
-
-
 def free_memory(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -219,7 +182,7 @@ def free_memory(device: torch.device) -> int:
 def auto_tile(model: Generator, device: torch.device, dtype: torch.dtype, height: int, width: int) -> tuple[int, int]:
     """(core side, batch) that fit in half the free memory."""
     budget = free_memory(device) * _MEMORY_FRACTION
-    per_px = _bytes_per_window_pixel(model, dtype)
+    per_px = model.activation_bytes_per_pixel(dtype)
     largest = _MAX_AUTO_CORE[device.type]
     while largest > 64 and _window_side(model, largest) ** 2 * per_px > budget:
         largest //= 2
@@ -229,5 +192,5 @@ def auto_tile(model: Generator, device: torch.device, dtype: torch.dtype, height
 
 
 def _auto_batch(model: Generator, device: torch.device, dtype: torch.dtype, core: int) -> int:
-    per_window = _window_side(model, core) ** 2 * _bytes_per_window_pixel(model, dtype)
+    per_window = _window_side(model, core) ** 2 * model.activation_bytes_per_pixel(dtype)
     return int(max(1, min(_MAX_BATCH, free_memory(device) * _MEMORY_FRACTION // per_window)))

@@ -9,13 +9,17 @@ most pixels pass through unchanged.
     y = g(x)                             # x: (N, 3, H, W) in [0, 1], any H, W >= 1
     r = g.residual(x)                    # the predicted edit alone
 
-The model declares ``receptive_radius`` and ``stride`` so that the tiled engine can derive
-its margins and alignment instead of hard-coding them.
+The generator describes itself to the engine, which hard-codes nothing about it:
+``receptive_radius`` and ``stride`` (tile margins and alignment), ``precisions`` (what it is
+accurate in) and ``activation_bytes_per_pixel`` (tile sizes from free memory). ``Model`` is a
+generator with how it is served (the residual floor, the face scale, its metadata): what a
+checkpoint holds.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,12 +36,12 @@ class GeneratorConfig:
     body_channels: int = 32  # features at half resolution
     blocks: int = 6  # residual blocks at half resolution
     kernel_size: int = 3
-    # Edits smaller than this (in [0, 1] units) are dropped at inference and larger ones reduced
-    # by it (a soft threshold), so pixels the model barely touches come back exactly unchanged:
-    # retouching is sparse. Training mode ignores it, so gradients flow from the first step.
-    residual_floor: float = 0.0
 
     def __post_init__(self) -> None:
+        for name in ("full_channels", "body_channels", "blocks", "kernel_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
         if self.kernel_size % 2 != 1 or self.kernel_size < 1:
             raise ValueError(f"kernel_size must be odd and positive, got {self.kernel_size}")
         for name in ("full_channels", "body_channels"):
@@ -45,11 +49,15 @@ class GeneratorConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.blocks < 0:
             raise ValueError(f"blocks must be >= 0, got {self.blocks}")
-        if not 0.0 <= self.residual_floor < 0.5:
-            raise ValueError(f"residual_floor must be in [0, 0.5), got {self.residual_floor}")
 
-    def to_dict(self) -> dict[str, int | float]:
+    def to_dict(self) -> dict[str, int]:
         return asdict(self)
+
+    def parameter_count(self) -> int:
+        """Weights and biases a generator of this config has, known before building it."""
+        k2, cf, cb = self.kernel_size**2, self.full_channels, self.body_channels
+        convs = [(IMAGE_CHANNELS, cf), (cf, cb), *[(cb, cb)] * (2 * self.blocks), (cb, 4 * cf), (cf, IMAGE_CHANNELS)]
+        return sum(cin * cout * k2 + cout for cin, cout in convs)
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
@@ -80,7 +88,9 @@ class Generator(nn.Module):
     tile statistics, which is what makes tiled inference exact.
     """
 
-    stride = 2  # the one downscale
+    # No normalisation and activations bounded by inputs in [0, 1] and small weights: nothing
+    # comes near fp16's range, and bf16's coarser mantissa only touches the edit, not the skip.
+    precisions = ("fp32", "bf16", "fp16")
 
     def __init__(self, config: GeneratorConfig | None = None) -> None:
         super().__init__()
@@ -98,6 +108,15 @@ class Generator(nn.Module):
             self.tail.bias.zero_()
 
     @property
+    def stride(self) -> int:
+        """Total downscale: window origins must sit on this grid for tiles to be exact."""
+        total = 1
+        for conv in self.modules():
+            if isinstance(conv, nn.Conv2d):
+                total *= conv.stride[0]
+        return total
+
+    @property
     def receptive_radius(self) -> int:
         """How far (in input pixels) an output pixel can see, in the worst direction."""
         h = self.config.kernel_size // 2
@@ -112,11 +131,7 @@ class Generator(nn.Module):
         f = _act(self.down(f))  # (N, cb, ceil(H/2), ceil(W/2))
         f = self.body(f)
         f = _act(self.shuffle(self.up(f)))  # (N, cf, 2*ceil(H/2), 2*ceil(W/2))
-        edit = self.tail(f[..., :height, :width])  # (N, 3, H, W)
-        floor = self.config.residual_floor
-        if floor and not self.training:
-            edit = torch.sign(edit) * (edit.abs() - floor).clamp_(min=0.0)
-        return edit
+        return self.tail(f[..., :height, :width])  # (N, 3, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.residual(x)
@@ -131,3 +146,29 @@ class Generator(nn.Module):
             + c.body_channels * 4 * c.full_channels
         ) / 4
         return 2.0 * k2 * (full + half)
+
+    def activation_bytes_per_pixel(self, dtype: torch.dtype) -> float:
+        """Peak activation bytes per input pixel at inference, with headroom for workspaces."""
+        c = self.config
+        live = 3 + 2 * c.full_channels + (2 * c.body_channels) / 4 + c.full_channels + 3  # floats alive at once
+        return 2.0 * live * max(torch.finfo(dtype).bits // 8, 4)
+
+
+@dataclass(frozen=True)
+class Model:
+    """A generator and how it is served: what a checkpoint holds and the engine runs."""
+
+    generator: Generator
+    # Edits smaller than this (in [0, 1] units) are dropped at inference and larger ones reduced
+    # by it (a soft threshold), so pixels the model barely touches come back exactly unchanged:
+    # retouching is sparse. Training never applies it, so gradients flow from the first step.
+    residual_floor: float = 0.0
+    # Inter-ocular distance (px) of the faces it was trained on; None: trained at native scale.
+    scale: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.residual_floor < 0.5:
+            raise ValueError(f"residual_floor must be in [0, 0.5), got {self.residual_floor}")
+        if self.scale is not None and not self.scale > 0:
+            raise ValueError(f"the face scale must be a positive inter-ocular distance, got {self.scale}")
