@@ -19,26 +19,25 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
-from . import client, imageio
-from .errors import AutoRetouchError, BadOptionError
-from .imageio import Picture
-from .server.protocol import check_pixels
-from .server.settings import DEFAULT_MAX_PIXELS
-
-Retoucher = Callable[[Picture], Picture]
+from . import imageio, outputs, retouchers, wire
+from .command import add_model_options, options_from_args
+from .errors import AutoRetouchError, BadOptionError, ServerUnavailableError
+from .retouchers import Retoucher
 
 
 @dataclass(frozen=True)
 class Task:
     source: Path
     target: Path
+    inputs: Path  # IN_DIR: nothing is ever written inside it, whatever links OUT_DIR holds
 
 
 @dataclass
 class Report:
     done: list[Path] = field(default_factory=list)
+    faceless: list[Path] = field(default_factory=list)  # done, but no face was found: copied unchanged
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
 
@@ -49,56 +48,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Retouch every PNG, JPEG and TIFF under IN_DIR into the same tree under OUT_DIR. "
                     "Resumable: outputs already complete are skipped.",
     )
-    parser.add_argument("in_dir", type=Path, metavar="IN_DIR")
-    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    parser.add_argument("in_dir", type=Path, metavar="IN_DIR", help="folder of photos (sub-folders included)")
+    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="where the retouched tree goes; outside IN_DIR")
     parser.add_argument("--server", action="append", metavar="URL",
                         help="retouch server to use; repeat to share the work between servers "
-                             f"(default: {client.DEFAULT_URL} if it answers, else in this process)")
+                             f"(default: {wire.DEFAULT_URL} if it answers, else in this process)")
     parser.add_argument("--jobs", type=int, metavar="N",
                         help="photos in flight at once (default: 2 per server, 1 in-process)")
-    parser.add_argument("--strength", type=float, default=1.0, help="retouch strength, 0 to 2 (default: 1)")
-    parser.add_argument("--token", default=os.environ.get("AUTORETOUCH_TOKEN"),
-                        help="bearer token of the servers (default: $AUTORETOUCH_TOKEN)")
-    parser.add_argument("--checkpoint", metavar="PATH",
-                        help="model file; given without --server, the work runs in this process with it")
-    parser.add_argument("--device", default="auto", help="device for in-process work (default: auto)")
+    add_model_options(parser)
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace, local: Callable[[argparse.Namespace], Retoucher] | None = None) -> int:
-    """The batch command. ``local(args)`` makes the in-process retoucher (default: ``local_retoucher``)."""
-    from .engine import check_strength
-
-    strength = check_strength(args.strength)
+def run(args: argparse.Namespace) -> int:
+    """The batch command."""
+    options = options_from_args(args)
+    if args.jobs is not None and args.jobs < 1:
+        raise BadOptionError(f"the photos in flight must be at least 1, got {args.jobs}")
     tasks = plan(args.in_dir, args.out_dir)
-    urls = client.servers_to_use(args.server, args.checkpoint, args.token)
-    if urls:
-        retouchers = [_remote(url, strength, args.token) for url in urls]
-        where = ", ".join(urls)
-    else:
-        retouchers = [(local or local_retoucher)(args)]
-        where = "this process"
-    jobs = args.jobs or 2 * len(urls) or 1
-    if jobs < 1:
-        raise BadOptionError(f"--jobs must be at least 1, got {jobs}")
+    chosen, where = retouchers.choose(args.server, args.checkpoint, options, args.token)
+    jobs = args.jobs or (2 * len(chosen) if where != "this process" else 1)
     print(f"retouching {len(tasks)} photo(s) from {args.in_dir} into {args.out_dir} on {where}", file=sys.stderr)
-    report = run_tasks(tasks, retouchers, jobs, sys.stderr)
+    report = run_tasks(tasks, chosen, jobs, sys.stderr)
     print(summary(report), file=sys.stderr)
     return 1 if report.failed else 0
-
-
-def local_retoucher(args: argparse.Namespace) -> Retoucher:
-    """One model load for the whole batch; one inference at a time, decoding in parallel."""
-    from . import checkpoint, engine
-
-    generator, _ = checkpoint.load(checkpoint.resolve(args.checkpoint))
-    lock = threading.Lock()
-
-    def retouch(picture: Picture) -> Picture:
-        with lock:
-            return picture.with_pixels(engine.retouch(picture.pixels, generator, args.strength, device=args.device))
-
-    return retouch
 
 
 def plan(in_dir: Path, out_dir: Path) -> list[Task]:
@@ -117,15 +89,17 @@ def plan(in_dir: Path, out_dir: Path) -> list[Task]:
             path = Path(root) / name
             if name.startswith(".") or path.suffix.lower() not in imageio.SUFFIXES:
                 continue
-            tasks.append(Task(path, dst / path.relative_to(src)))
+            tasks.append(Task(path, dst / path.relative_to(src), src))
     return tasks
 
 
 def is_complete(task: Task) -> bool:
-    """The output exists under its final name (so it was renamed whole) and has the input's size."""
-    if not task.target.is_file():
-        return False
+    """The output exists under its final name (so it was renamed whole), has the input's size, and
+    is no input reached through a link (that one fails in ``_one`` with the reason)."""
     try:
+        outputs.check_output(task.target, [task.inputs])
+        if not task.target.is_file():
+            return False
         return imageio.peek_size(task.target)[:2] == imageio.peek_size(task.source)[:2]
     except (AutoRetouchError, OSError):
         return False
@@ -152,8 +126,8 @@ def run_tasks(tasks: list[Task], retouchers: list[Retoucher], jobs: int, out: Te
             except queue.Empty:
                 return
             try:
-                _one(task, retoucher)
-            except client.ServerUnavailableError as exc:
+                faces = _one(task, retoucher)
+            except ServerUnavailableError as exc:
                 with lock:  # this server is gone: hand the photo to another one if any is left
                     if retoucher in alive:
                         alive.remove(retoucher)
@@ -171,6 +145,8 @@ def run_tasks(tasks: list[Task], retouchers: list[Retoucher], jobs: int, out: Te
             else:
                 with lock:
                     report.done.append(task.source)
+                    if faces == 0:
+                        report.faceless.append(task.source)
             bar.update(len(report.done) + len(report.skipped), len(report.failed))
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(min(jobs, max(pending.qsize(), 1)))]
@@ -182,24 +158,20 @@ def run_tasks(tasks: list[Task], retouchers: list[Retoucher], jobs: int, out: Te
     return report
 
 
-def _one(task: Task, retoucher: Retoucher) -> None:
+def _one(task: Task, retoucher: Retoucher) -> int | None:
+    """Retouch one photo; the faces found (None: face finding off)."""
+    outputs.prepare_folder(task.target, [task.inputs])  # before any work, and links followed
     data = task.source.read_bytes()
-    width, height, _ = imageio.peek_size(data)
-    check_pixels(width, height, DEFAULT_MAX_PIXELS)  # no decompression bomb, here either
-    picture = imageio.decode(data)
-    result = retoucher(picture)
-    task.target.parent.mkdir(parents=True, exist_ok=True)
-    if task.target.exists() and task.target.samefile(task.source):
-        raise BadOptionError(f"{task.target} is the input itself; refusing to overwrite it")
-    imageio.write(task.target, result)  # temporary name + rename
-
-
-def _remote(url: str, strength: float, token: str | None) -> Retoucher:
-    return lambda picture: client.retouch_picture(picture, url, strength, token)
+    picture = imageio.decode(data, wire.DEFAULT_MAX_PIXELS)  # checks the header first: no decompression bomb
+    outcome = retoucher(picture)
+    outputs.check_output(task.target, [task.inputs])  # OUT_DIR may have changed during the retouch
+    imageio.write(task.target, outcome.picture)  # temporary name + rename
+    return outcome.faces
 
 
 def summary(report: Report) -> str:
-    lines = [f"{len(report.done)} retouched, {len(report.skipped)} already done, {len(report.failed)} failed"]
+    faceless = f" ({len(report.faceless)} with no face found, written unchanged)" if report.faceless else ""
+    lines = [f"{len(report.done)} retouched{faceless}, {len(report.skipped)} already done, {len(report.failed)} failed"]
     lines += [f"  FAILED {path}: {message}" for path, message in sorted(report.failed)]
     return "\n".join(lines)
 

@@ -15,34 +15,18 @@ from typing import Any, AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ..errors import AutoRetouchError, BusyError
-from ..model import Generator
+from .. import wire
+from ..errors import AutoRetouchError, BadRequestError, BusyError, InternalError, MethodNotAllowedError, NotFoundError, TooLargeError
+from ..model import Model
 from . import handlers
 from .handlers import MODEL_INFO, SCHEDULER, SETTINGS
-from .jobs import InternalError, Scheduler, log_bug
+from .jobs import Scheduler, log_bug
 from .security import is_loopback_bind, security_middleware
-from .settings import ServerSettings, max_body_bytes
-
-# Error code -> HTTP status. Codes not listed are server-side failures (500).
-STATUS_BY_CODE = {
-    "bad_image": 400,
-    "bad_option": 400,
-    "unauthorized": 401,
-    "forbidden": 403,
-    "not_found": 404,
-    "not_ready": 409,
-    "cancelled": 409,
-    "too_large": 413,
-    "unsupported_type": 415,
-    "busy": 503,
-    "out_of_memory": 503,
-}
-# For aiohttp's own refusals (unknown route, wrong method, body over client_max_size).
-CODE_BY_STATUS = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+from .settings import ServerSettings
 
 
-def init_app(settings: ServerSettings, models: dict[str, Generator], model_info: dict[str, Any]) -> web.Application:
-    app = web.Application(client_max_size=max_body_bytes(settings.max_pixels))
+def init_app(settings: ServerSettings, models: dict[str, Model], model_info: dict[str, Any]) -> web.Application:
+    app = web.Application(client_max_size=wire.max_body_bytes(settings.max_pixels))
     app[SETTINGS] = settings
     app[MODEL_INFO] = model_info
     app[SCHEDULER] = Scheduler(models, settings)
@@ -54,13 +38,14 @@ def init_app(settings: ServerSettings, models: dict[str, Generator], model_info:
 
 def setup_routes(app: web.Application) -> None:
     app.add_routes([
-        web.get("/v1/health", handlers.health),
-        web.get("/v1/openapi.json", handlers.openapi),
-        web.post("/v1/retouch", handlers.retouch),
-        web.post("/v1/jobs", handlers.create_job),
-        web.get("/v1/jobs/{id}", handlers.job_status),
-        web.delete("/v1/jobs/{id}", handlers.delete_job),
-        web.get("/v1/jobs/{id}/result", handlers.job_result),
+        web.get(wire.HEALTH, handlers.health),
+        web.get(wire.OPENAPI, handlers.openapi),
+        web.post(wire.RETOUCH, handlers.retouch),
+        web.post(wire.JOBS, handlers.create_job),
+        web.get(wire.JOBS + "/{id}", handlers.job_status),
+        web.delete(wire.JOBS + "/{id}", handlers.delete_job),
+        web.get(wire.JOBS + "/{id}/result", handlers.job_result),
+        web.get(wire.JOBS + "/{id}/mask", handlers.job_mask),
     ])
 
 
@@ -78,8 +63,24 @@ async def _run_scheduler(app: web.Application) -> AsyncIterator[None]:
     await scheduler.stop()
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+def error_response(exc: AutoRetouchError, headers: dict[str, str] | None = None) -> web.Response:
+    body = {"error": {"code": exc.code, "message": str(exc)}}
+    if isinstance(exc, BusyError):
+        headers = {**(headers or {}), "Retry-After": str(max(1, round(exc.retry_after)))}
+    return web.json_response(body, status=exc.status, headers=headers)
+
+
+def _from_aiohttp(request: web.Request, exc: web.HTTPException) -> AutoRetouchError:
+    """aiohttp's own refusals (unknown route, wrong method, body over the limit) as our errors."""
+    if exc.status == 404:
+        return NotFoundError(f"there is no {request.path} on this server; see {wire.OPENAPI}")
+    if exc.status == 405:
+        return MethodNotAllowedError(f"{request.method} is not allowed on {request.path}")
+    if exc.status == 413:
+        limit = wire.max_body_bytes(request.app[SETTINGS].max_pixels)
+        return TooLargeError(f"the request body is larger than this server accepts ({limit} bytes, "
+                             "an uncompressed float image of its largest size)")
+    return BadRequestError(f"{exc.reason} ({exc.status}); see {wire.OPENAPI} for the API")
 
 
 @web.middleware
@@ -90,26 +91,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = CODE_BY_STATUS.get(exc.status, "http_error")
-        message = exc.reason
-        if exc.status == 413:
-            limit = max_body_bytes(request.app[SETTINGS].max_pixels)
-            message = f"the request body is larger than this server accepts ({limit} bytes, derived from --max-pixels)"
-        elif exc.status == 404:
-            message = f"there is no {request.path} on this server; see /v1/openapi.json"
-        elif exc.status == 405:
-            message = f"{request.method} is not allowed on {request.path}"
-        return error_response(exc.status, code, message, headers={
-            k: v for k, v in exc.headers.items() if k.lower() == "allow"
-        })
+        allow = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return error_response(_from_aiohttp(request, exc), allow)
     except asyncio.CancelledError:
         raise
     except AutoRetouchError as exc:
-        status = STATUS_BY_CODE.get(exc.code, 500)
-        headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if isinstance(exc, BusyError) else None
-        if status == 500 and not isinstance(exc, InternalError):
+        if exc.status >= 500 and exc.status != 503 and not isinstance(exc, InternalError):  # a bug
             exc = log_bug(f"handling {request.method} {request.path}")
-        return error_response(status, exc.code, str(exc), headers)
+        return error_response(exc)
     except Exception:
-        exc = log_bug(f"handling {request.method} {request.path}")
-        return error_response(500, exc.code, str(exc))
+        return error_response(log_bug(f"handling {request.method} {request.path}"))

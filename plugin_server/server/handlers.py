@@ -7,16 +7,17 @@ middleware in ``app`` turns them into the JSON error body, once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 from aiohttp import web
 
-from .. import __version__, imageio
-from ..errors import BadImageError, UnsupportedFormatError
+from .. import __version__, imageio, wire
+from ..errors import BadImageError, BadRequestError, NotFoundError, NotReadyError, TooLargeError, UnsupportedFormatError
 from . import protocol
-from .jobs import JobNotReadyError, Scheduler
+from .jobs import Job, Scheduler
 from .openapi import openapi_document
 from .settings import ServerSettings
 
@@ -30,8 +31,9 @@ class Work:
     """A decoded request, ready for the scheduler."""
 
     pixels: np.ndarray
-    strength: float
+    options: wire.RetouchOptions
     render: Callable[[np.ndarray], bytes]
+    render_mask: Callable[[np.ndarray], bytes]
     media_type: str
 
 
@@ -44,7 +46,7 @@ async def health(request: web.Request) -> web.Response:
         "device": ",".join(devices),
         "devices": devices,
         "precision": request.app[MODEL_INFO]["precision"],
-        "tile_size": settings.tile_size,
+        "tile_size": settings.engine.tile_size,
         "model": request.app[MODEL_INFO]["model"],
         "max_pixels": settings.max_pixels,
         "queue": request.app[SCHEDULER].stats(),
@@ -59,7 +61,7 @@ async def retouch(request: web.Request) -> web.Response:
     """Synchronous retouch; if the client goes away, the job is cancelled (handler cancellation)."""
     scheduler = request.app[SCHEDULER]
     work = await read_work(request)
-    job = scheduler.submit(work.pixels, work.strength, work.render, work.media_type, watched=True)
+    job = scheduler.submit(work.pixels, work.options, work.render, work.render_mask, work.media_type, watched=True)
     del work  # the job holds the pixels now; drop them as soon as the engine is done
     try:
         await asyncio.shield(job.done)
@@ -71,13 +73,13 @@ async def retouch(request: web.Request) -> web.Response:
         scheduler.forget(job)
     if job.state != "done":
         raise job.error
-    return web.Response(body=result, content_type=job.media_type)
+    return _image(result, job)
 
 
 async def create_job(request: web.Request) -> web.Response:
     scheduler = request.app[SCHEDULER]
     work = await read_work(request)
-    job = scheduler.submit(work.pixels, work.strength, work.render, work.media_type, watched=False)
+    job = scheduler.submit(work.pixels, work.options, work.render, work.render_mask, work.media_type, watched=False)
     return web.json_response(job.status(), status=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
 
@@ -88,17 +90,34 @@ async def job_status(request: web.Request) -> web.Response:
 async def job_result(request: web.Request) -> web.Response:
     job = request.app[SCHEDULER].get(request.match_info["id"])
     if job.state == "done" and job.result is not None:
-        return web.Response(body=job.result, content_type=job.media_type)
+        return _image(job.result, job)
     if job.state in ("failed", "cancelled"):
         raise job.error
-    raise JobNotReadyError(f"job {job.id} is {job.state} ({job.progress:.0%}); poll /v1/jobs/{job.id} until it is done")
+    raise NotReadyError(f"job {job.id} is {job.state} ({job.progress:.0%}); poll /v1/jobs/{job.id} until it is done")
+
+
+async def job_mask(request: web.Request) -> web.Response:
+    """The skin mask a finished job's edit went through (asked for with ``mask=true``)."""
+    job = request.app[SCHEDULER].get(request.match_info["id"])
+    if job.state in ("failed", "cancelled"):
+        raise job.error
+    if job.state != "done":
+        raise NotReadyError(f"job {job.id} is {job.state} ({job.progress:.0%}); poll /v1/jobs/{job.id} until it is done")
+    if job.mask is None:
+        raise NotFoundError(f"job {job.id} has no skin mask: ask for one with mask=true and faces on when creating it")
+    return _image(job.mask, job)
+
+
+def _image(body: bytes, job: Job) -> web.Response:
+    faces = "off" if job.faces is None else str(job.faces)
+    return web.Response(body=body, content_type=job.media_type, headers={wire.FACES_HEADER: faces})
 
 
 async def delete_job(request: web.Request) -> web.Response:
     """Cancel an unfinished job; forget a finished one and free its result."""
     scheduler = request.app[SCHEDULER]
     job = scheduler.get(request.match_info["id"])
-    if job.state in ("queued", "running"):
+    if job.state in wire.ACTIVE:
         scheduler.cancel(job, "the job was cancelled by its client")
         return web.json_response(job.status(), status=202 if job.state == "running" else 200)
     scheduler.forget(job)
@@ -108,37 +127,57 @@ async def delete_job(request: web.Request) -> web.Response:
 async def read_work(request: web.Request) -> Work:
     """Options, size checks and decoding, cheapest refusals first."""
     settings, scheduler = request.app[SETTINGS], request.app[SCHEDULER]
-    kind = protocol.body_kind(request.headers.get("Content-Type"))
-    options = protocol.parse_options(request.query)
+    kind = wire.body_kind(request.headers.get("Content-Type"))
+    options = wire.RetouchOptions.from_query(request.query.items())
     scheduler.check_capacity()  # refuse before reading and decoding a body we cannot queue
-    body = await request.read()
+    body = await read_body(request, settings)
     if not body:
         raise BadImageError("the request body is empty; send the image as the body")
-    strength = 1.0 if options.strength is None else options.strength
-    media_type = protocol.RESPONSE_TYPES[kind]
+    media_type = wire.RESPONSE_TYPES[kind]
     if kind == "msgpack":
-        message = protocol.decode_message(body, settings.max_pixels)
-        if message.strength is not None and options.strength is None:
-            strength = message.strength
-        return Work(message.pixels, strength, protocol.encode_message, media_type)
+        pixels = protocol.pixels_from(wire.decode_message(body, settings.max_pixels))
+        return Work(pixels, options, protocol.message_for, protocol.message_for, media_type)
     try:
-        width, height, found = imageio.peek_size(body)
+        header = imageio.peek(body)
     except UnsupportedFormatError:
         raise BadImageError(
             f"the body is not a {kind.upper()} image, although its Content-Type says {request.headers['Content-Type']}"
         ) from None
-    if found != kind:
+    if header.format != kind:
         raise BadImageError(
-            f"the body is a {found.upper()} image, but its Content-Type says {request.headers['Content-Type']}"
+            f"the body is a {header.format.upper()} image, but its Content-Type says {request.headers['Content-Type']}"
         )
-    protocol.check_pixels(width, height, settings.max_pixels)
-    picture = await asyncio.get_running_loop().run_in_executor(None, imageio.decode, body)
+    imageio.check_header(header, settings.max_pixels)  # size, samples, bits, pages, tiles: before decoding
+    picture = await asyncio.get_running_loop().run_in_executor(None, imageio.decode, body, settings.max_pixels)
     del body
-    height, width = picture.pixels.shape[:2]
-    protocol.check_pixels(width, height, settings.max_pixels)  # the header could have lied
-    return Work(picture.pixels, strength, _encoder(picture.with_pixels(np.empty((1, 1, 1), np.uint8))), media_type)
+    template = picture.with_pixels(np.empty((1, 1, 1), np.uint8))
+    # A gray mask takes no colour profile: an RGB ICC profile on it would be wrong.
+    return Work(picture.pixels, options, _encoder(template), _encoder(dataclasses.replace(template, icc_profile=None)),
+                media_type)
+
+
+async def read_body(request: web.Request, settings: ServerSettings) -> bytes:
+    """The whole body; refused before reading when its declared size is over the limit, and
+    given up when the client stops sending, so a stalled upload cannot hold a connection."""
+    limit = wire.max_body_bytes(settings.max_pixels)
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLargeError(f"the request body is {request.content_length} bytes; this server accepts at most "
+                            f"{limit} (an uncompressed float image of its largest size)")
+    chunks, size = [], 0
+    while True:
+        try:
+            chunk = await asyncio.wait_for(request.content.readany(), settings.stall_seconds)
+        except asyncio.TimeoutError:
+            raise BadRequestError(f"the request body stopped arriving for {settings.stall_seconds:g} s; "
+                                  "the upload was given up") from None
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise TooLargeError(f"the request body is larger than this server accepts ({limit} bytes)")
+        chunks.append(chunk)
 
 
 def _encoder(template: imageio.Picture) -> Callable[[np.ndarray], bytes]:
-    """Encode output pixels in the request's format, with its ICC profile and EXIF."""
+    """Encode pixels in the request's format, with its metadata (ICC profile, EXIF, resolution)."""
     return lambda pixels: imageio.encode(template.with_pixels(pixels))

@@ -2,7 +2,7 @@
 
     scheduler = Scheduler(models_for(generator, ["cpu"]), settings)
     await scheduler.start()
-    job = scheduler.submit(pixels, strength, render, media_type, watched=False)
+    job = scheduler.submit(pixels, options, render, media_type, watched=False)
     scheduler.get(job.id).status()          # {"id", "state", "progress", ...}
     scheduler.cancel(job.id)                # the engine stops at its next tile
     await scheduler.stop()
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import secrets
@@ -31,52 +32,34 @@ import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 
-from .. import engine
-from ..errors import AutoRetouchError, BusyError, CancelledError
-from ..model import Generator
+from .. import engine, face_retouch
+from ..devices import resolve_device
+from ..errors import AutoRetouchError, BusyError, CancelledError, InternalError, NotFoundError
+from ..model import Model
+from ..wire import ACTIVE, TRAVELLING, JobState, RetouchOptions
 from .settings import ServerSettings
 
 log = logging.getLogger("autoretouch.server")
-
-JobState = Literal["queued", "running", "done", "failed", "cancelled"]
-ACTIVE: tuple[JobState, ...] = ("queued", "running")
-
-
-class JobNotFoundError(AutoRetouchError):
-    code = "not_found"
-
-
-class JobNotReadyError(AutoRetouchError):
-    code = "not_ready"
-
-
-class InternalError(AutoRetouchError):
-    """A bug; already logged under ``error_id``, which the message carries."""
-
-    code = "internal"
-
-    def __init__(self, error_id: str) -> None:
-        super().__init__(f"internal server error (id {error_id}); the server log has the details")
-        self.error_id = error_id
 
 
 def log_bug(what: str) -> InternalError:
     """Log the exception being handled with a fresh id, and return the error to report."""
     error_id = uuid.uuid4().hex[:12]
     log.exception("internal error %s while %s", error_id, what)
-    return InternalError(error_id)
+    return InternalError(f"internal server error (id {error_id}); the server log has the details")
 
 
 @dataclass(eq=False)
 class Job:
     id: str
     pixels: np.ndarray | None  # the input; dropped once the engine has run
-    strength: float
+    options: RetouchOptions  # the request's, with the server's engine settings
     render: Callable[[np.ndarray], bytes]  # output pixels -> response body; runs in a thread
+    render_mask: Callable[[np.ndarray], bytes]  # (H, W, 1) mask pixels of the input's dtype -> body
     media_type: str
     watched: bool  # a synchronous request waits on it
     done: asyncio.Future
@@ -84,6 +67,8 @@ class Job:
     progress: float = 0.0
     error: AutoRetouchError | None = None
     result: bytes | None = None
+    mask: bytes | None = None  # the skin mask's body, when the request asked for it
+    faces: int | None = None  # faces found; None until known, or when face finding is off
     device: str | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
     last_seen: float = field(default_factory=time.monotonic)
@@ -93,23 +78,29 @@ class Job:
         status: dict[str, Any] = {"id": self.id, "state": self.state, "progress": round(self.progress, 4)}
         if self.device is not None:
             status["device"] = self.device
+        if self.state == "done":
+            status["faces"] = "off" if self.faces is None else self.faces
         if self.state in ACTIVE and self.cancel_event.is_set():
             status["cancel_requested"] = True
         if self.error is not None and self.state in ("failed", "cancelled"):
             status["error"] = {"code": self.error.code, "message": str(self.error)}
         return status
 
+    def result_bytes(self) -> int:
+        return len(self.result or b"") + len(self.mask or b"")
+
     def set_progress(self, fraction: float) -> None:
         self.progress = fraction  # called from the engine thread; a float store is atomic
 
 
-def models_for(generator: Generator, devices: list[str]) -> dict[str, Generator]:
-    """One generator per device, placed there once (the engine copies a misplaced one per call)."""
-    return {name: engine.model_on(generator, engine.resolve_device(name)) for name in devices}
+def models_for(model: Model, devices: list[str]) -> dict[str, Model]:
+    """One model per device, placed there once (the engine copies a misplaced one per call)."""
+    return {name: dataclasses.replace(model, generator=engine.model_on(model.generator, resolve_device(name)))
+            for name in devices}
 
 
 class Scheduler:
-    def __init__(self, models: dict[str, Generator], settings: ServerSettings) -> None:
+    def __init__(self, models: dict[str, Model], settings: ServerSettings) -> None:
         self.models = models
         self.settings = settings
         self.limits = settings.limits
@@ -153,12 +144,14 @@ class Scheduler:
             )
 
     def submit(
-        self, pixels: np.ndarray, strength: float, render: Callable[[np.ndarray], bytes],
-        media_type: str, watched: bool,
+        self, pixels: np.ndarray, options: RetouchOptions, render: Callable[[np.ndarray], bytes],
+        render_mask: Callable[[np.ndarray], bytes], media_type: str, watched: bool,
     ) -> Job:
+        """Queue a job; only the request's travelling options are taken, the rest are the server's."""
         self.check_capacity()
+        options = dataclasses.replace(self.settings.engine, **{name: getattr(options, name) for name in TRAVELLING})
         job = Job(
-            id=secrets.token_urlsafe(12), pixels=pixels, strength=strength, render=render,
+            id=secrets.token_urlsafe(12), pixels=pixels, options=options, render=render, render_mask=render_mask,
             media_type=media_type, watched=watched, done=asyncio.get_running_loop().create_future(),
         )
         self._jobs[job.id] = job
@@ -170,7 +163,7 @@ class Scheduler:
         """The job, marked as polled just now."""
         job = self._jobs.get(job_id)
         if job is None or job.watched:
-            raise JobNotFoundError(f"there is no job {job_id!r} (it never existed, or it expired)")
+            raise NotFoundError(f"there is no job {job_id!r} (it never existed, or it expired)")
         job.last_seen = time.monotonic()
         return job
 
@@ -187,9 +180,9 @@ class Scheduler:
     def forget(self, job: Job) -> None:
         """Drop a job's record and result (DELETE of a finished job, or a finished sync request)."""
         self._jobs.pop(job.id, None)
-        if self._finished.pop(job.id, None) is not None and job.result is not None:
-            self._result_bytes -= len(job.result)
-        job.result = None
+        if self._finished.pop(job.id, None) is not None:
+            self._result_bytes -= job.result_bytes()
+        job.result = job.mask = None
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -238,16 +231,17 @@ class Scheduler:
             self._renders.add(task)
             task.add_done_callback(self._renders.discard)
 
-    def _infer(self, job: Job, device: str) -> np.ndarray:
-        return engine.retouch(
-            job.pixels, self.models[device], strength=job.strength, tile_size=self.settings.tile_size,
-            device=device, precision=self.settings.precision, progress=job.set_progress,
-            cancel=job.cancel_event.is_set,
-        )
+    def _infer(self, job: Job, device: str) -> face_retouch.Result:
+        options = dataclasses.replace(job.options, device=device)
+        return face_retouch.retouch(job.pixels, self.models[device], options, job.set_progress, job.cancel_event.is_set)
 
-    async def _render(self, job: Job, out: np.ndarray) -> None:
+    async def _render(self, job: Job, out: face_retouch.Result) -> None:
+        job.faces = out.faces
         try:
-            body = await asyncio.get_running_loop().run_in_executor(None, job.render, out)
+            loop = asyncio.get_running_loop()
+            body = await loop.run_in_executor(None, job.render, out.pixels)
+            if out.mask is not None:
+                job.mask = await loop.run_in_executor(None, job.render_mask, out.mask_pixels(out.pixels.dtype))
         except AutoRetouchError as exc:
             job.error = exc
             self._finish(job, "failed")
@@ -272,7 +266,7 @@ class Scheduler:
         if job.watched or job.id not in self._jobs:
             return
         self._finished[job.id] = job
-        self._result_bytes += len(job.result or b"")
+        self._result_bytes += job.result_bytes()
         self._evict()
 
     def _evict(self) -> None:

@@ -16,12 +16,14 @@ from typing import Any
 from aiohttp import web
 
 from .. import checkpoint, engine
-from ..errors import AutoRetouchError
+from ..command import add_engine_options, options_from_args, run
+from ..devices import resolve_device
+from ..errors import BadConfigError
+from ..model import Model
+from ..wire import DEFAULT_HOST, DEFAULT_MAX_PIXELS, DEFAULT_PORT, TOKEN_ENV
 from .jobs import models_for
 from .security import is_loopback_bind
-from .settings import (
-    DEFAULT_HOST, DEFAULT_MAX_PIXELS, DEFAULT_PORT, TOKEN_ENV, JobLimits, ServerSettings,
-)
+from .settings import JobLimits, ServerSettings
 
 log = logging.getLogger("autoretouch.server")
 
@@ -43,13 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     model.add_argument("--checkpoint", metavar="PATH",
                        help="generator checkpoint to serve, written by `autoretouch-train export` (default: the bundled starter model, when one is installed)")
-    model.add_argument("--device", default="auto",
-                       help="auto, cpu, cuda or a comma list such as cuda:0,cuda:1, one worker each (default: auto: "
-                            "the first GPU, else the CPU)")
-    model.add_argument("--precision", choices=sorted(engine.PRECISIONS),
-                       help="inference precision (default: bf16 on CUDA, fp32 on CPU)")
-    model.add_argument("--tile-size", type=int, metavar="PX",
-                       help="tile side in pixels; smaller tiles cancel sooner (default: from free memory)")
+    add_engine_options(model, strength=False, device_help="auto, cpu, cuda or a comma list such as "
+                       "cuda:0,cuda:1, one worker each (default: auto: the first GPU, else the CPU)")
     work = parser.add_argument_group("limits")
     work.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                       help="largest image accepted, in pixels (413 above; also bounds the body size; default: %(default)s)")
@@ -65,41 +62,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class ConfigError(AutoRetouchError):
-    code = "bad_config"
-
-
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
-    """The settings, or an AutoRetouchError saying which flag is wrong."""
+    """The settings, or a BadConfigError saying what is wrong, before anything starts."""
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if not is_loopback_bind(args.host) and not token:
-        raise ConfigError(
+        raise BadConfigError(
             f"refusing to listen on {args.host}: anyone who can reach it could use this server. "
             f"Set a token with --token or ${TOKEN_ENV}, or bind 127.0.0.1"
         )
-    try:
-        limits = JobLimits(
-            queue_size=args.queue_size, result_ttl=args.result_ttl,
-            result_memory=int(args.result_memory_mb * 2**20), idle_timeout=args.idle_timeout,
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if args.max_pixels < 1:
-        raise ConfigError(f"--max-pixels must be positive, got {args.max_pixels}")
+    limits = JobLimits(
+        queue_size=args.queue_size, result_ttl=args.result_ttl,
+        result_memory=int(args.result_memory_mb * 2**20), idle_timeout=args.idle_timeout,
+    )
     devices = [d.strip() for d in args.device.split(",") if d.strip()]
-    resolved = tuple(str(engine.resolve_device(d)) for d in devices or ["auto"])
+    resolved = tuple(str(resolve_device(d)) for d in devices or ["auto"])
     if len(set(resolved)) != len(resolved):
-        raise ConfigError(f"--device lists a device twice: {args.device}")
-    for dev in resolved:
-        engine.resolve_precision(args.precision, engine.resolve_device(dev))
+        raise BadConfigError(f"--device lists a device twice: {args.device}")
     return ServerSettings(
-        host=args.host, port=args.port, devices=resolved, precision=args.precision, tile_size=args.tile_size,
+        host=args.host, port=args.port, devices=resolved, engine=options_from_args(args, device="auto"),
         max_pixels=args.max_pixels, token=token, limits=limits,
     )
 
 
-def model_info(path: str, generator: Any, metadata: dict[str, Any], settings: ServerSettings) -> dict[str, Any]:
-    precisions = {engine.resolve_precision(settings.precision, engine.resolve_device(d)) for d in settings.devices}
+def model_info(path: str, model: Model, settings: ServerSettings) -> dict[str, Any]:
+    """What /v1/health says of the model; refuses a precision the model is not accurate in."""
+    generator = model.generator
+    precisions = {engine.precision_for(model, resolve_device(d), settings.engine.precision) for d in settings.devices}
     return {
         "precision": ",".join(sorted(precisions)),
         "model": {
@@ -107,8 +95,12 @@ def model_info(path: str, generator: Any, metadata: dict[str, Any], settings: Se
             "config": generator.config.to_dict(),
             "parameters": sum(p.numel() for p in generator.parameters()),
             "receptive_radius": generator.receptive_radius,
-            "trained_on": metadata.get("trained_on"),
-            "date": metadata.get("date"),
+            "stride": generator.stride,
+            "precisions": list(generator.precisions),
+            "residual_floor": model.residual_floor,
+            "scale": model.scale if model.scale is not None else checkpoint.NATIVE,
+            "trained_on": model.metadata.get("trained_on"),
+            "date": model.metadata.get("date"),
         },
     }
 
@@ -116,19 +108,20 @@ def model_info(path: str, generator: Any, metadata: dict[str, Any], settings: Se
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        settings = settings_from_args(args)
-        path = checkpoint.resolve(args.checkpoint)
-        generator, metadata = checkpoint.load(path)
-    except AutoRetouchError as exc:
-        print(f"autoretouch-server: error: {exc}", file=sys.stderr)
-        return 2
+    return run("autoretouch-server", lambda: serve(args))
+
+
+def serve(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    path = checkpoint.resolve(args.checkpoint)
+    model = checkpoint.load(path)
+    info = model_info(str(path), model, settings)
     from .app import init_app  # aiohttp app construction only once the arguments are good
 
-    app = init_app(settings, models_for(generator, list(settings.devices)),
-                   model_info(str(path), generator, metadata, settings))
+    app = init_app(settings, models_for(model, list(settings.devices)), info)
     where = f"http://{'[' + settings.host + ']' if ':' in settings.host else settings.host}:{settings.port}"
     log.info("serving %s on %s (%s)", path, where, ", ".join(settings.devices))
+    # aiohttp closes a connection idle for 75 s (its keepalive_timeout); bodies stall out in read_body.
     web.run_app(app, host=settings.host, port=settings.port, handler_cancellation=True,
                 print=lambda *_: print(f"AutoRetouch server ready on {where} (Ctrl+C to stop)", flush=True),
                 access_log=None)

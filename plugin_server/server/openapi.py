@@ -1,13 +1,17 @@
 """The OpenAPI 3.1 description of the retouch API, served at GET /v1/openapi.json.
 
-docs/api.md is the prose version; keep the two in step.
+Built from the wire contract and the error classes, so it cannot drift from them; docs/api.md
+is the prose version.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-_IMAGE_TYPES = ("image/png", "image/jpeg", "image/tiff", "application/x-msgpack")
+from .. import wire
+from ..errors import status_by_code
+
+_IMAGE_TYPES = tuple(wire.RESPONSE_TYPES.values())
 _BINARY = {"type": "string", "format": "binary"}
 
 
@@ -19,20 +23,27 @@ def _image_body(description: str) -> dict[str, Any]:
     return {"description": description, "content": {t: {"schema": _BINARY} for t in _IMAGE_TYPES}}
 
 
-_ERRORS = {
-    "400": _error("Bad image or bad option (code bad_image or bad_option)."),
-    "401": _error("Missing or wrong bearer token (code unauthorized)."),
-    "403": _error("Host or Origin is not this machine (code forbidden)."),
-    "413": _error("Too many pixels or too large a body (code too_large)."),
-    "415": _error("Unsupported Content-Type or image type (code unsupported_type)."),
-    "503": _error("Queue full (code busy); see the Retry-After header."),
-}
+# What a request that carries an image can be refused with.
+_REQUEST_CODES = ("bad_image", "bad_option", "bad_request", "unauthorized", "forbidden", "too_large",
+                  "unsupported_type", "busy", "out_of_memory", "internal")
+
+
+def _errors(codes: tuple[str, ...]) -> dict[str, Any]:
+    statuses = status_by_code()
+    by_status: dict[int, list[str]] = {}
+    for code in codes:
+        by_status.setdefault(statuses[code], []).append(code)
+    return {str(status): _error(f"Code {' or '.join(names)}" + ("; see the Retry-After header." if "busy" in names else "."))
+            for status, names in sorted(by_status.items())}
+
+
+_ERRORS = _errors(_REQUEST_CODES)
 _JOB_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 _STRENGTH = {
     "name": "strength", "in": "query", "required": False,
     "description": "How much of the retouch to apply: 0 returns the input, 1 the model's edit, up to 2 exaggerates it. "
-                   "Overrides the msgpack message's own strength.",
-    "schema": {"type": "number", "minimum": 0, "maximum": 2, "default": 1},
+                   "Given at most once; options travel only in the query.",
+    "schema": {"type": "number", "minimum": 0, "maximum": wire.MAX_STRENGTH, "default": 1},
 }
 _JOB_STATUS = {"description": "The job's state.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobStatus"}}}}
 
@@ -47,25 +58,25 @@ def openapi_document(version: str, max_pixels: int) -> dict[str, Any]:
                            f"Images up to {max_pixels} pixels. See docs/api.md for the msgpack message.",
         },
         "paths": {
-            "/v1/health": {"get": {
+            wire.HEALTH: {"get": {
                 "summary": "Server, model and queue state.",
                 "responses": {"200": {"description": "The server is up.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}}},
             }},
-            "/v1/openapi.json": {"get": {"summary": "This document.", "responses": {"200": {"description": "OpenAPI 3.1 JSON."}}}},
-            "/v1/retouch": {"post": {
+            wire.OPENAPI: {"get": {"summary": "This document.", "responses": {"200": {"description": "OpenAPI 3.1 JSON."}}}},
+            wire.RETOUCH: {"post": {
                 "summary": "Retouch one image and wait for the result (same format as the request). "
                            "Closing the connection cancels the work.",
                 "parameters": [_STRENGTH],
                 "requestBody": {**_image_body("The image, or a msgpack pixel message."), "required": True},
                 "responses": {"200": _image_body("The retouched image, in the request's format."), **_ERRORS},
             }},
-            "/v1/jobs": {"post": {
+            wire.JOBS: {"post": {
                 "summary": "Queue a retouch job, for large images and progress bars.",
                 "parameters": [_STRENGTH],
                 "requestBody": {**_image_body("The image, or a msgpack pixel message."), "required": True},
                 "responses": {"202": _JOB_STATUS, **_ERRORS},
             }},
-            "/v1/jobs/{id}": {
+            wire.JOBS + "/{id}": {
                 "get": {
                     "summary": "Poll a job. Jobs not polled for a while are cancelled.",
                     "parameters": [_JOB_ID],
@@ -77,14 +88,12 @@ def openapi_document(version: str, max_pixels: int) -> dict[str, Any]:
                     "responses": {"200": _JOB_STATUS, "202": _JOB_STATUS, "404": _error("Unknown or expired job.")},
                 },
             },
-            "/v1/jobs/{id}/result": {"get": {
+            wire.JOBS + "/{id}/result": {"get": {
                 "summary": "The retouched image of a finished job.",
                 "parameters": [_JOB_ID],
                 "responses": {
                     "200": _image_body("The retouched image, in the job's request format."),
-                    "404": _error("Unknown or expired job (code not_found)."),
-                    "409": _error("Not finished (code not_ready), or cancelled (code cancelled)."),
-                    **{k: v for k, v in _ERRORS.items() if k in ("400", "415")},
+                    **_errors(("not_found", "not_ready", "cancelled", "bad_image", "out_of_memory", "internal")),
                 },
             }},
         },
@@ -100,7 +109,7 @@ def openapi_document(version: str, max_pixels: int) -> dict[str, Any]:
                 "type": "object", "required": ["id", "state", "progress"],
                 "properties": {
                     "id": {"type": "string"},
-                    "state": {"enum": ["queued", "running", "done", "failed", "cancelled"]},
+                    "state": {"enum": list(wire.JOB_STATES)},
                     "progress": {"type": "number", "minimum": 0, "maximum": 1},
                     "device": {"type": "string"},
                     "cancel_requested": {"type": "boolean"},
@@ -119,13 +128,12 @@ def openapi_document(version: str, max_pixels: int) -> dict[str, Any]:
             },
             "PixelMessage": {
                 "description": "application/x-msgpack body of requests and responses (a msgpack map; keys may be str or bin).",
-                "type": "object", "required": ["width", "height", "channels", "dtype", "data"],
+                "type": "object", "required": list(wire.MESSAGE_FIELDS), "additionalProperties": False,
                 "properties": {
                     "width": {"type": "integer", "minimum": 1}, "height": {"type": "integer", "minimum": 1},
-                    "channels": {"enum": [1, 3, 4]}, "dtype": {"enum": ["u8", "u16", "f32"]},
+                    "channels": {"enum": list(wire.CHANNELS)}, "dtype": {"enum": list(wire.ITEMSIZE)},
                     "data": {"description": "msgpack bin: rows top to bottom, channels interleaved, little-endian; "
                                             "exactly width*height*channels*itemsize bytes."},
-                    "strength": {"type": "number", "minimum": 0, "maximum": 2},
                 },
             },
         }},

@@ -1,18 +1,14 @@
-"""Server defaults and the settings value every part of the server reads.
+"""The settings value every part of the server reads, and its job limits.
 
-Kept free of torch and aiohttp so the client can import the default URL cheaply.
+Kept free of torch and aiohttp, like the wire contract its defaults come from.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8377
-DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
-DEFAULT_MAX_PIXELS = 200_000_000
-TOKEN_ENV = "AUTORETOUCH_TOKEN"
+from ..errors import BadConfigError
+from ..wire import DEFAULT_HOST, DEFAULT_MAX_PIXELS, DEFAULT_PORT, RetouchOptions
 
 
 @dataclass(frozen=True)
@@ -27,12 +23,12 @@ class JobLimits:
 
     def __post_init__(self) -> None:
         if self.queue_size < 1:
-            raise ValueError(f"queue size must be at least 1, got {self.queue_size}")
+            raise BadConfigError(f"the queue size must be at least 1, got {self.queue_size}")
         for name in ("result_ttl", "idle_timeout"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
+                raise BadConfigError(f"the {name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
         if self.result_memory < 0 or self.max_finished < 1:
-            raise ValueError("result memory must be >= 0 and max finished jobs >= 1")
+            raise BadConfigError("the result memory must be >= 0 and the finished jobs kept >= 1")
 
 
 @dataclass(frozen=True)
@@ -40,13 +36,12 @@ class ServerSettings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     devices: tuple[str, ...] = ("cpu",)  # resolved names, one worker each
-    precision: str | None = None  # None: the engine's default for the device
-    tile_size: int | None = None  # None: the engine picks from free memory
+    engine: RetouchOptions = RetouchOptions()  # tile size and precision of every job; strength per request
     max_pixels: int = DEFAULT_MAX_PIXELS
     token: str | None = None
     limits: JobLimits = field(default_factory=JobLimits)
+    stall_seconds: float = 30.0  # a request body that sends nothing for this long is given up
 
-
-def max_body_bytes(max_pixels: int) -> int:
-    """Largest request body worth reading: an uncompressed float RGBA image of max_pixels, plus metadata."""
-    return max_pixels * 4 * 4 + (16 << 20)
+    def __post_init__(self) -> None:
+        if self.max_pixels < 1:
+            raise BadConfigError(f"the largest image must be at least 1 pixel, got {self.max_pixels}")
