@@ -2,7 +2,9 @@
 
 GIMP 3 loads a Python plug-in from its own sub-folder of a plug-ins folder, named like the
 executable script inside it; here that is ``<plug-ins>/autoretouch/autoretouch.py`` with its run
-bit set, beside the two helper modules it imports.
+bit set, beside the modules it imports: the plug-in's own, and the server package's wire
+contract, errors and client (standard library only), copied under prefixed names so that
+GIMP's Python runs the very code the server and the CLI run.
 
 Use from Python::
 
@@ -24,7 +26,7 @@ import stat
 import sys
 import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from plugin_server.errors import AutoRetouchError
 
@@ -32,6 +34,9 @@ PLUGIN_NAME = "autoretouch"
 ENTRY_POINT = "autoretouch.py"
 # Written into the installed folder so that uninstall only ever removes what install made.
 MARKER = ".installed-by-autoretouch"
+# plugin_server module -> its name beside the plug-in
+SHARED_MODULES = {"errors.py": "autoretouch_errors.py", "wire.py": "autoretouch_wire.py",
+                  "client.py": "autoretouch_client.py"}
 
 
 def default_plugin_dirs(platform: Optional[str] = None,
@@ -67,13 +72,16 @@ def _choose_dir(dir: Optional[Path]) -> Path:
     return candidates[0]
 
 
-def _source_files() -> List[Path]:
+def source_files() -> Dict[str, Path]:
+    """Installed name -> source file, for every file of the plug-in folder."""
     package = importlib.resources.files("gimp_plugin") / PLUGIN_NAME
-    files = sorted(Path(str(entry)) for entry in package.iterdir()
-                   if entry.name.endswith(".py") and entry.is_file())
-    if not any(path.name == ENTRY_POINT for path in files):
+    files = {entry.name: Path(str(entry)) for entry in package.iterdir()
+             if entry.name.endswith(".py") and entry.is_file()}
+    if ENTRY_POINT not in files:
         raise AutoRetouchError(f"The plug-in files are missing from this installation "
                                f"({package}); reinstall the autoretouch package.")
+    shared = importlib.resources.files("plugin_server")
+    files.update({name: Path(str(shared / source)) for source, name in SHARED_MODULES.items()})
     return files
 
 
@@ -81,7 +89,7 @@ def install(dir: Optional[Path] = None) -> Path:
     """Copy the plug-in into ``<dir>/autoretouch/`` (replacing an older copy) and return that folder."""
     plugins = _choose_dir(dir)
     target = plugins / PLUGIN_NAME
-    sources = _source_files()
+    sources = source_files()
     try:
         plugins.mkdir(parents=True, exist_ok=True)
         if target.exists() and not (target / MARKER).exists():
@@ -90,8 +98,8 @@ def install(dir: Optional[Path] = None) -> Path:
         # Build beside the target, then swap it in, so GIMP never sees a half-copied plug-in.
         staging = Path(tempfile.mkdtemp(prefix=f".{PLUGIN_NAME}-", dir=plugins))
         try:
-            for source in sources:
-                shutil.copyfile(source, staging / source.name)
+            for name, source in sources.items():
+                shutil.copyfile(source, staging / name)
             entry = staging / ENTRY_POINT
             entry.chmod(entry.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
             (staging / MARKER).write_text("Installed by `autoretouch gimp install`; "

@@ -6,8 +6,10 @@
 #   own precision.  Scripts call the same procedure, "plug-in-autoretouch", with the arguments
 #   strength, output-mode and server-url.
 #
-#   Only this file calls GIMP.  Pixel formats, msgpack, regions and messages live in
-#   autoretouch_protocol.py; HTTP lives in autoretouch_client.py.  See docs/gimp.md.
+#   Only this file calls GIMP.  Pixel formats, regions and messages live in
+#   autoretouch_protocol.py; the wire contract, the errors and the HTTP client are the server
+#   package's own modules, copied beside this file at install (autoretouch_wire.py,
+#   autoretouch_errors.py, autoretouch_client.py).  See docs/gimp.md.
 
 import gi
 gi.require_version('Gimp', '3.0')
@@ -26,6 +28,9 @@ import threading
 
 import autoretouch_client as client
 import autoretouch_protocol as protocol
+import autoretouch_wire as wire
+from autoretouch_errors import BadImageError
+from autoretouch_watchdog import Watchdog
 
 PROC_NAME = "plug-in-autoretouch"
 LAYER_NAME = "AutoRetouch"
@@ -50,22 +55,26 @@ def autoretouch_run(procedure, run_mode, image, drawables, config, data):
     url = config.get_property('server-url')
 
     try:
-        base_url = protocol.normalize_url(url)
+        options = wire.RetouchOptions(strength=strength, mask=(mode == "new-layer-skin-mask"))
+        server = client.Client(url)
         layer = _only_layer(drawables)
         job = _read_layer(image, layer)
-        reply = _retouch_off_main_thread(base_url, job.prepared.body, strength)
-        pixels = protocol.decode_reply(reply, job.region.width, job.region.height, job.fmt,
+        reply = _retouch_off_main_thread(server, job.prepared.body, options)
+        if reply.faces == 0:
+            Gimp.message(protocol.NO_FACE_MESSAGE)
+            return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+        pixels = protocol.decode_reply(reply.body, job.region.width, job.region.height, job.fmt,
                                        job.prepared.kept_alpha)
-    except protocol.RetouchError as err:
-        return _error(procedure, str(err))
-    except Exception as err:  # a bug; the image is untouched so far
-        return _error(procedure, f"AutoRetouch failed unexpectedly: {err!r}. Please report this.")
+        mask = None if reply.mask is None else protocol.decode_mask(
+            reply.mask, job.region.width, job.region.height, job.fmt)
+    except Exception as err:  # typed errors and bugs alike: the image is untouched so far
+        return _error(procedure, protocol.user_message(err, url))
 
     # Everything that can fail for an outside reason has happened: now change the image.
     Gimp.context_push()
     image.undo_group_start()
     try:
-        _write_result(image, layer, job, pixels, mode)
+        _write_result(image, layer, job, pixels, mode, mask)
     except Exception as err:  # a bug: say so rather than report success
         return _error(procedure, f"AutoRetouch could not write the result: {err!r}. "
                                  "Please report this; Edit ▸ Undo reverts any partial change.")
@@ -82,15 +91,15 @@ def _error(procedure, message):
 
 def _only_layer(drawables):
     if len(drawables) != 1:
-        raise protocol.RetouchError(_("AutoRetouch works on one layer at a time: select a single "
-                                      "layer in the Layers dialog."))
+        raise BadImageError(_("AutoRetouch works on one layer at a time: select a single "
+                              "layer in the Layers dialog"))
     layer = drawables[0]
     if not isinstance(layer, Gimp.Layer) or isinstance(layer, Gimp.LayerMask):
-        raise protocol.RetouchError(_("AutoRetouch works on layers, not on channels or masks: "
-                                      "select a layer in the Layers dialog."))
+        raise BadImageError(_("AutoRetouch works on layers, not on channels or masks: "
+                              "select a layer in the Layers dialog"))
     if layer.is_group():
-        raise protocol.RetouchError(_("AutoRetouch cannot work on a layer group: select one of "
-                                      "its layers."))
+        raise BadImageError(_("AutoRetouch cannot work on a layer group: select one of "
+                              "its layers"))
     return layer
 
 
@@ -112,8 +121,8 @@ def _read_layer(image, layer):
     region = protocol.selection_region((off_x, off_y), (layer.get_width(), layer.get_height()),
                                        (x1, y1, x2, y2) if selected else None)
     if region is None:
-        raise protocol.RetouchError(_("The selection does not touch the active layer: select part "
-                                      "of the layer, or Select ▸ None to retouch all of it."))
+        raise BadImageError(_("The selection does not touch the active layer: select part "
+                              "of the layer, or Select ▸ None to retouch all of it"))
 
     # A plain babl name such as "R'G'B'A u16" means sRGB primaries.  When the layer already
     # stores fmt.babl, use its own format's name, which carries its colour space ("...-<space>"):
@@ -126,23 +135,20 @@ def _read_layer(image, layer):
                                                                 region.height, fmt))
 
 
-def _retouch_off_main_thread(base_url, body, strength):
+def _retouch_off_main_thread(server, body, options):
     """HTTP runs in a worker thread; this (main) thread alone calls libgimp for progress."""
     events = queue.Queue()
     cancel = threading.Event()
-    watchdog = client.Watchdog(base_url)
+    watchdog = Watchdog(server.url)
 
     def work():
         try:
-            result = client.run_job(client.Client(base_url), body, strength,
+            result = server.run_job(body, wire.MSGPACK_TYPE, options,
                                     on_progress=lambda f: events.put(("progress", f)),
                                     on_job=watchdog.watch, cancel=cancel)
             events.put(("done", result))
-        except protocol.RetouchError as err:
+        except Exception as err:  # typed or a bug: the main thread turns it into a sentence
             events.put(("error", err))
-        except Exception as err:  # a bug, but the user still deserves a sentence
-            events.put(("error", protocol.RetouchError(
-                f"AutoRetouch failed unexpectedly: {err!r}. Please report this.")))
 
     Gimp.progress_init(_("AutoRetouch: retouching on the server…"))
     worker = threading.Thread(target=work, name="autoretouch-http", daemon=True)
@@ -166,7 +172,7 @@ def _retouch_off_main_thread(base_url, body, strength):
         Gimp.progress_end()
 
 
-def _write_result(image, layer, job, pixels, mode):
+def _write_result(image, layer, job, pixels, mode, skin):
     region = job.region
     rect = Gegl.Rectangle.new(region.x, region.y, region.width, region.height)
     fmt = job.babl_name
@@ -190,6 +196,20 @@ def _write_result(image, layer, job, pixels, mode):
         mask = target.create_mask(Gimp.AddMaskType.SELECTION if selected
                                   else Gimp.AddMaskType.WHITE)
         target.add_mask(mask)
+    elif mode == "new-layer-skin-mask":
+        # The retouched region in full, and the skin mask the server applied as the layer mask:
+        # the retoucher paints it to keep or extend the edit. Outside the region: masked.
+        if target.get_mask() is not None:
+            target.remove_mask(Gimp.MaskApplyMode.DISCARD)
+        buffer = target.get_buffer()
+        buffer.set(rect, fmt, pixels)
+        buffer.flush()
+        mask = target.create_mask(Gimp.AddMaskType.BLACK)
+        target.add_mask(mask)
+        mask_buffer = mask.get_buffer()
+        mask_buffer.set(rect, protocol.mask_babl(job.fmt), skin)
+        mask_buffer.flush()
+        mask.update(region.x, region.y, region.width, region.height)
     else:
         # Shadow buffer + merge: GIMP composites through the selection (feathering included)
         # and pushes one undo step, exactly as its own filters do.
@@ -232,11 +252,14 @@ class AutoRetouch(Gimp.PlugIn):
         modes.add("new-layer-mask", 1, _("New layer with mask"),
                   _("A new layer above the source, with a layer mask from the selection"))
         modes.add("in-place", 2, _("In place"), _("Change the layer itself"))
+        modes.add("new-layer-skin-mask", 3, _("New layer with skin mask"),
+                  _("A new layer above the source whose layer mask is the skin the retouch went through: "
+                    "paint it to keep or extend the edit"))
         procedure.add_choice_argument("output-mode", _("_Output"), _("Where the result goes"),
                                       modes, "new-layer", GObject.ParamFlags.READWRITE)
         procedure.add_string_argument("server-url", _("Server _URL"),
                                       _("Address of the AutoRetouch server"),
-                                      protocol.DEFAULT_URL, GObject.ParamFlags.READWRITE)
+                                      wire.DEFAULT_URL, GObject.ParamFlags.READWRITE)
         return procedure
 
 
