@@ -32,7 +32,9 @@ REPEATS = 5
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    with open("/proc/cpuinfo") as info:
+        names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor()
     return f"{cpu}, Python {platform.python_version()}"
 
 
@@ -92,13 +94,15 @@ def main(argv: list[str] | None = None) -> dict:
     photo = imageio.read(PORTRAIT).pixels
     height, width = photo.shape[:2]
     scale = (2e6 / (height * width)) ** 0.5
-    small = np.asarray(Image.fromarray(photo).resize((round(width * scale), round(height * scale)), Image.Resampling.LANCZOS))
+    size = (round(width * scale), round(height * scale))
+    small = np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.LANCZOS))
     report: dict = {"machine": machine(), "repeats": REPEATS, "runtime_import_s": import_seconds(), "rows": []}
     with tempfile.TemporaryDirectory() as tmpdir:
         for label, image in (("2MP", small), ("24MP", photo)):
             source = Path(tmpdir) / f"{label}.npy"
             np.save(source, image)
-            row = {"image": label, "shape": list(image.shape), **child("-m", "bench.bench_faces", "worker", str(source))}
+            measured = child("-m", "bench.bench_faces", "worker", str(source))
+            row = {"image": label, "shape": list(image.shape), **measured}
             report["rows"].append(row)
     print_report(report)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -109,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
 def print_report(report: dict) -> None:
     print(f"face analysis on {report['machine']} (median of {report['repeats']})")
     print(f"runtime import: {report['runtime_import_s'] * 1000:.0f} ms")
-    print(f"{'image':6} {'faces':>5} {'IOD':>7} {'first call':>11} {'find_faces':>11} {'skin_mask':>10} {'total':>8} {'peak RSS MB':>12}")
+    print(f"{'image':6} {'faces':>5} {'IOD':>7} {'first call':>11} {'find_faces':>11} {'skin_mask':>10} "
+          f"{'total':>8} {'peak RSS MB':>12}")
     for r in report["rows"]:
         if "error" in r:
             print(f"{r['image']:6} failed: {r['error']}")

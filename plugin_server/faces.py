@@ -71,9 +71,11 @@ class Face:
 
 def face_from_landmarks(landmarks: np.ndarray, score: float, shape: tuple[int, int]) -> Face:
     """A Face from (468, 2) landmarks in an image of ``shape`` (height, width)."""
-    landmarks = np.asarray(landmarks, np.float32)[:, :2]
+    landmarks = np.array(landmarks, np.float32)[:, :2]
     left_eye = landmarks[list(LEFT_EYE)].mean(0)
     right_eye = landmarks[list(RIGHT_EYE)].mean(0)
+    for array in (landmarks, left_eye, right_eye):
+        array.setflags(write=False)  # a frozen value: its arrays cannot change under it either
     iod = float(np.hypot(*(left_eye - right_eye)))
     outline = face_outline(landmarks)
     height, width = shape

@@ -34,7 +34,14 @@ import numpy as np
 from PIL import Image
 
 from plugin_server.errors import AutoRetouchError
-from plugin_server.faces import DEFAULT_MIN_IOD, RIGHT_EYE_OUTER, LEFT_EYE_OUTER, Face, face_from_landmarks, to_rgb8
+from plugin_server.faces import (
+    DEFAULT_MIN_IOD,
+    LEFT_EYE_OUTER,
+    RIGHT_EYE_OUTER,
+    Face,
+    face_from_landmarks,
+    to_rgb8,
+)
 
 # The models, by the sha256 of the exact files in mediapipe 0.10.21 (the last wheel that ships them).
 MODELS = {
@@ -141,7 +148,9 @@ class _Detection:
     score: float
 
 
-def _detect_window(models: _Models, level: Image.Image, window: tuple[int, int, int, int], to_image: float) -> list[_Detection]:
+def _detect_window(
+    models: _Models, level: Image.Image, window: tuple[int, int, int, int], to_image: float
+) -> list[_Detection]:
     """Detections in one window of a downscaled copy (``to_image`` maps its pixels to the image's),
     letterboxed into the detector's square input."""
     x0, y0, x1, y1 = window
@@ -241,7 +250,8 @@ def _mesh(models: _Models, rgb: Image.Image, centre: np.ndarray, side: float, an
     d, e = sin * unit / factor, cos * unit / factor
     cx = (centre[0] - x0) / factor - (a + b) * MESH_SIZE / 2
     cy = (centre[1] - y0) / factor - (d + e) * MESH_SIZE / 2
-    patch = crop.transform((MESH_SIZE, MESH_SIZE), Image.Transform.AFFINE, (a, b, cx, d, e, cy), Image.Resampling.BILINEAR)
+    affine = (a, b, cx, d, e, cy)
+    patch = crop.transform((MESH_SIZE, MESH_SIZE), Image.Transform.AFFINE, affine, Image.Resampling.BILINEAR)
     tensor = np.asarray(patch, np.float32) / 255.0  # the landmark model takes [0, 1]
     with models.lock:
         raw, presence = _run(models.mesh, tensor)  # (1, 1, 1404), (1, 1, 1)
@@ -273,6 +283,8 @@ def find_faces(image: np.ndarray, min_iod: float = DEFAULT_MIN_IOD) -> list[Face
     faces = []
     for detection in _suppress(_detections(models, rgb, min_iod)):
         dx, dy = detection.eyes[1] - detection.eyes[0]
+        if math.hypot(dx, dy) < 0.7 * min_iod:  # the detector's eyes are rough: decide on the mesh's
+            continue
         angle = math.atan2(dy, dx)
         box = detection.box
         centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])

@@ -79,6 +79,7 @@ def test_eye_centres_and_iod_from_the_eye_rings():
     np.testing.assert_allclose(face.left_eye, (240, 180), atol=1e-3)
     assert face.iod == pytest.approx(80.0, abs=1e-3)
     assert face.score == pytest.approx(0.9)
+    assert not face.landmarks.flags.writeable and not face.left_eye.flags.writeable
 
 
 def test_iod_is_rotation_invariant():
