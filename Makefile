@@ -7,6 +7,8 @@ TORCH_PIN := torch==2.13.0
 # The face models (docs/faces.md): only their .tflite files are taken, hash-checked, out of this
 # wheel into .venv/share/autoretouch/face-models; mediapipe itself is never installed.
 MEDIAPIPE_PIN := mediapipe==0.10.21
+# One exact wheel on every machine and Python (the model files are the same in all of them).
+MEDIAPIPE_WHEEL := --only-binary=:all: --platform manylinux_2_28_x86_64 --python-version 3.11 --implementation cp --abi cp311
 # Extra arguments for `make serve`, e.g. SERVE_ARGS="--checkpoint model.pt --port 8377".
 SERVE_ARGS ?=
 
@@ -17,8 +19,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
 	$(PY) -m pip install --quiet -e ".[test,train,bench]" "$(TORCH_PIN)"
-	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --dest build/mediapipe "$(MEDIAPIPE_PIN)"
-	$(PY) -m plugin_server.landmarks install build/mediapipe/mediapipe-*.whl
+	$(PY) -m pip download --quiet --no-deps --dest build/mediapipe $(MEDIAPIPE_WHEEL) "$(MEDIAPIPE_PIN)"
+	$(PY) -m plugin_server.landmarks install build/mediapipe/mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl
 	touch $@
 
 test: $(VENV)/.installed
