@@ -323,6 +323,7 @@ def _peek_png(source: bytes | Path) -> Header:
 def _decode_png(data: bytes, header: Header) -> Picture:
     with _pillow_open(data) as im:  # metadata only; pixels come from libpng below
         icc, exif = im.info.get("icc_profile"), im.info.get("exif")
+    png_chunks.check_pixel_stream(data, png_chunks.read_header(io.BytesIO(data)))
     # libpng expands palettes to RGB, tRNS to alpha and 1/2/4-bit gray to 8 bits, exactly
     return Picture(_as_hwc(imagecodecs.png_decode(data)), "png", icc or None, _exif_bytes(exif), header.resolution)
 
