@@ -46,7 +46,8 @@ PHOTOS := ../shared/data/portraits
 FFHQ_TRAIN := $(foreach i,1 2 3 4 5 6,$(PHOTOS)/ffhq-0000$(i).png)
 PEXELS_TRAIN := $(PHOTOS)/pexels-aadil-2598024.jpg $(PHOTOS)/pexels-ike-louie-natividad-2709388.jpg \
 	$(PHOTOS)/pexels-mateus-souza-3586798.jpg
-SYNTH := $(PY) -m training.synthetic
+TRAIN := $(VENV)/bin/autoretouch-train
+SYNTH := $(TRAIN) synthetic
 TRAIN_RUN := --layout studio --alpha 0 --beta 0 --batch-size 16 --val-fraction 0.05 --test-fraction 0 \
 	--workers 1 --val-images 8 --seed 0
 starter-model: $(VENV)/.installed
@@ -56,17 +57,20 @@ starter-model: $(VENV)/.installed
 	$(SYNTH) --out $(STARTER)/local --aligned --pairs-per-photo 40 --seed 1 --kinds spots pimples --photos $(FFHQ_TRAIN)
 	$(SYNTH) --out $(STARTER)/local --pairs-per-photo 40 --seed 2 --short-side 2400 --crop 1024 \
 		--kinds spots pimples --photos $(PEXELS_TRAIN)
-	$(VENV)/bin/autoretouch-train train --data $(STARTER)/train --out $(STARTER)/run $(TRAIN_RUN) \
+	$(TRAIN) train --data $(STARTER)/train --out $(STARTER)/run $(TRAIN_RUN) \
 		--epochs 150 --val-every 25
-	$(VENV)/bin/autoretouch-train train --data $(STARTER)/local --out $(STARTER)/tuned $(TRAIN_RUN) \
+	$(TRAIN) train --data $(STARTER)/local --out $(STARTER)/tuned $(TRAIN_RUN) \
 		--epochs 18 --val-every 18 --init $(STARTER)/run/last.pt --window 96 --keep-weight 8 \
 		--focus edits --background-prob 0.5
-	$(VENV)/bin/autoretouch-train export --run $(STARTER)/tuned --which last --residual-floor 5 \
+	$(TRAIN) export --run $(STARTER)/tuned --which last --residual-floor 5 \
 		--out plugin_server/weights/starter.pt
 
 # The README's model-card figures and crops for MODEL (default: the starter model), on material
-# held out from training: make model-card MODEL=model.pt
+# held out from training: make model-card MODEL=model.pt. Which portraits and squares of skin the
+# card shows is data: CARD_CROPS (see its "about").
 MODEL ?= plugin_server/weights/starter.pt
+CARD_CROPS := docs/model-card/crops.json
+REAL_PAIR := ../shared/data/ffhqr-pair/00000-original.png ../shared/data/ffhqr-pair/00000-retouched.png
 HELDOUT_FFHQ := --aligned --pairs-per-photo 4 --seed 3 --photos $(foreach i,7 8 9,$(PHOTOS)/ffhq-0000$(i).png)
 HELDOUT_PEXELS := --pairs-per-photo 4 --seed 4 --short-side 2400 --crop 1024 \
 	--photos $(PHOTOS)/pexels-simon-robben-614810.jpg
@@ -76,8 +80,8 @@ model-card: $(VENV)/.installed
 	$(SYNTH) --out $(STARTER)/heldout/all $(HELDOUT_PEXELS)
 	$(SYNTH) --out $(STARTER)/heldout/local --kinds spots pimples $(HELDOUT_FFHQ)
 	$(SYNTH) --out $(STARTER)/heldout/local --kinds spots pimples $(HELDOUT_PEXELS)
-	$(PY) -m training.model_card --checkpoint $(MODEL) \
-		--heldout $(STARTER)/heldout/all $(STARTER)/heldout/local --out docs/model-card
+	$(TRAIN) model-card --checkpoint $(MODEL) --heldout $(STARTER)/heldout/all $(STARTER)/heldout/local \
+		--pair $(REAL_PAIR) --photos $(PHOTOS) --crops $(CARD_CROPS) --out docs/model-card
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

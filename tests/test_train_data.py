@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.errors import DataError
+from plugin_server.errors import DataError
 from training.pairs import check_pairs, list_pairs, read_image, read_pair
 from training.windows import FilePairs, WindowDataset, WindowSpec, collate_windows, epoch_batches
 from train_fixtures import SHARED_DATA, ffhqr, needs_shared_data  # noqa: F401  (fixtures)

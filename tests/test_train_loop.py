@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from plugin_server import checkpoint as server_checkpoint
-from plugin_server.errors import BadOptionError
-from plugin_server.model import Generator
+from plugin_server.errors import BadOptionError, ResumeError, VggWeightsError
+from plugin_server.model import Generator, Model
+from plugin_server.wire import RetouchOptions
 from training.cli import main
-from training.errors import ResumeError, VggWeightsError
 from training.pairs import list_pairs, read_image, to_float
-from training.state import export, load_training
+from training.state import RunState, export, load_training
 from training.train import train
 from training.windows import FilePairs, WindowDataset, WindowSpec
 from train_fixtures import SHARED_DATA, ffhqr, tiny_config, vgg_file  # noqa: F401  (fixtures)
@@ -69,6 +69,12 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(ffhqr: Path, v
     for key, value in a["opt_g"]["state"][0].items():
         assert torch.equal(value, b["opt_g"]["state"][0][key])
     assert torch.equal(a["ragan"]["fake"]["buffer"], b["ragan"]["fake"]["buffer"])
+    # The training checkpoint's format version 1, key for key: files written before RunState load.
+    assert set(b) == set(V1_KEYS) and set(RunState.from_payload(b).to_payload()) == set(V1_KEYS)
+
+
+V1_KEYS = ("format", "version", "config", "generator", "discriminator", "opt_g", "opt_d", "ragan", "rng",
+           "epoch", "batch", "step", "best", "metrics", "skipped", "command")
 
 
 def test_resume_refuses_other_hyperparameters(ffhqr: Path, tmp_path: Path) -> None:
@@ -111,8 +117,10 @@ def test_init_fine_tunes_from_a_training_or_exported_checkpoint(ffhqr: Path, tmp
     assert any(not torch.equal(v, fresh[k]) for k, v in first.items())
     tuned = train(replace(config, init=str(tmp_path / "served.pt"), stop_after_steps=1), tmp_path / "tuned")
     assert any(not torch.equal(v, first[k]) for k, v in tuned.generator.state_dict().items())
-    _, meta = server_checkpoint.load(export(tmp_path / "tuned" / "last.pt", tmp_path / "tuned.pt"))
-    assert meta["steps"] == 1 and meta["init"]["checkpoint"] == str(tmp_path / "served.pt")
+    assert server_checkpoint.load(tmp_path / "served.pt").residual_floor == 2 / 255
+    tuned_model = server_checkpoint.load(export(tmp_path / "tuned" / "last.pt", tmp_path / "tuned.pt"))
+    meta = tuned_model.metadata
+    assert tuned_model.residual_floor == 0.0 and meta["steps"] == 1 and meta["init"]["checkpoint"] == str(tmp_path / "served.pt")
     assert meta["init"]["steps"] == 2 and meta["init"]["trained_on"] == str(ffhqr)  # the whole recipe
 
     wider = replace(config, generator=replace(config.generator, full_channels=8), init=str(tmp_path / "served.pt"))
@@ -125,7 +133,8 @@ def test_export_is_served_with_the_trainers_pixels(ffhqr: Path, tmp_path: Path) 
     config = tiny_config(ffhqr, None, beta=0.0, val_every=1)
     result = train(config, tmp_path / "run", command="autoretouch-train train ...")
     out = export(tmp_path / "run" / "last.pt", tmp_path / "model.pt", command="autoretouch-train export ...")
-    served, metadata = server_checkpoint.load(out)
+    model = server_checkpoint.load(out)
+    served, metadata = model.generator, model.metadata
     assert served.config == config.generator
     image = to_float(read_image(SHARED_DATA / "ffhqr-pair" / "00000-original.png"))[:200, :300]
     x = torch.from_numpy(image).permute(2, 0, 1)[None]
@@ -137,17 +146,18 @@ def test_export_is_served_with_the_trainers_pixels(ffhqr: Path, tmp_path: Path) 
     assert metadata["trained_on"] == str(ffhqr)
 
     # Served by a real server process: the same pixels as the trainer's generator in-process.
-    from plugin_server import client, engine, imageio
+    from plugin_server import engine, imageio, retouchers
+    from plugin_server.client import Client
     from server_fixtures import start_server
 
     photo = imageio.read(SHARED_DATA / "ffhqr-pair" / "00000-original.png")
     photo = photo.with_pixels(photo.pixels[300:500, 300:560].copy())
     server = start_server(out, log_dir=tmp_path)
     try:
-        answer = client.retouch_picture(photo, server.url)
+        answer = retouchers.remote(Client(server.url), RetouchOptions())(photo).picture
     finally:
         server.stop()
-    expected = engine.retouch(photo.pixels, result.generator, device="cpu")
+    expected = engine.retouch(photo.pixels, Model(result.generator), RetouchOptions(device="cpu"))
     assert np.abs(answer.pixels.astype(int) - expected).max() <= 1
     assert not np.array_equal(expected, photo.pixels)
 
@@ -169,7 +179,7 @@ def test_cli_help_check_export_and_evaluate(ffhqr: Path, tmp_path: Path, capsys)
                  "--disc-channels", "8", "--disc-layers", "2", "--beta", "0", "--workers", "0",
                  "--val-every", "0"]) == 0
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "model.pt")]) == 0
-    _, metadata = server_checkpoint.load(tmp_path / "model.pt")
+    metadata = server_checkpoint.load(tmp_path / "model.pt").metadata
     assert metadata["export_command"].startswith("autoretouch-train export --run")
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(tmp_path / "model.pt"), "--data", str(ffhqr), "--split", "test"]) == 0
@@ -177,5 +187,5 @@ def test_cli_help_check_export_and_evaluate(ffhqr: Path, tmp_path: Path, capsys)
     assert "No edit" in table and "Model" in table and "masked PSNR" in table and "1 images" in table
 
     assert main(["train", "--data", str(ffhqr), "--out", str(tmp_path / "x"), "--batch-size", "2",
-                 "--vgg-weights", str(tmp_path / "none.pth")]) == 2
+                 "--vgg-weights", str(tmp_path / "none.pth")]) == 1  # the work failed: exit code 1
     assert "VGG-19 weights" in capsys.readouterr().err

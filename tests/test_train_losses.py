@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from training.discriminator import PatchDiscriminator
-from training.errors import VggWeightsError
+from plugin_server.errors import VggWeightsError
 from training.losses import RunningMean, keep_weighted_mse, ragan_d_loss, ragan_g_loss
 from training.metrics import changed, psnr, ssim
 from training.pairs import read_image, to_float

@@ -1,11 +1,15 @@
-"""``autoretouch-train``: train, check, export and evaluate AutoRetouch generators.
+"""``autoretouch-train``: make pairs, train, check, export, evaluate and describe generators.
 
+    autoretouch-train synthetic --out data/synthetic --photos photos/*.jpg --pairs-per-photo 8
     autoretouch-train check --data data/ffhqr
     autoretouch-train train --data data/ffhqr --out runs/paper --vgg-weights vgg19.pth
     autoretouch-train export --run runs/paper --out model.pt
     autoretouch-train evaluate --checkpoint model.pt --data data/ffhqr --split test
+    autoretouch-train model-card --checkpoint model.pt --heldout ... --crops docs/model-card/crops.json ...
 
-Every sub-command has ``--help``. Errors are reported here, once, as one line and exit code 2.
+Every sub-command has ``--help``. Errors are reported here, once, as one line on stderr; the exit
+code is the error's (2: the command line or a config asks for something impossible, 1: the work
+failed).
 """
 
 from __future__ import annotations
@@ -13,21 +17,26 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import textwrap
 from pathlib import Path
 
-import torch
-
-from plugin_server.errors import AutoRetouchError
+from plugin_server.devices import resolve_device
+from plugin_server.errors import AutoRetouchError, BadConfigError, BadOptionError, DataError
 from plugin_server.model import GeneratorConfig
 
 from .config import TrainConfig
+from .synthetic import KINDS
 
 D = TrainConfig()  # defaults, shown in --help
 G = GeneratorConfig()
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        # "(default: None)" on a required or unset option tells a newcomer nothing.
+        if action.required or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
@@ -91,6 +100,66 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_train)
 
 
+def _synthetic_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "synthetic",
+        help="make before/after pairs by adding blemishes to clean photos (when you have no retouched pairs)",
+        formatter_class=_Formatter,
+        description=textwrap.dedent("""\
+            Make training pairs without a retoucher: each clean photo is the 'after', and the same
+            photo with spots, pimples, redness and tone blotches added on its skin is the 'before'.
+            Writes the studio layout OUT/before/NAME-K.png and OUT/after/NAME-K.png, which
+            `autoretouch-train train --layout studio` reads. The same arguments write the same pairs.
+            See docs/synthetic.md.
+
+            Example:
+              autoretouch-train synthetic --out data/synthetic --photos photos/*.jpg --pairs-per-photo 8 --short-side 1024
+            """),
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder (studio layout); pairs are added to what is there")
+    p.add_argument("--photos", required=True, nargs="+", type=Path, help="clean photos (PNG, JPEG, ...), with distinct file names")
+    p.add_argument("--pairs-per-photo", type=int, default=1, help="pairs per photo, each with other blemishes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the blemishes")
+    p.add_argument("--short-side", type=int, default=None, help="shrink photos to this short side first (pixels)")
+    p.add_argument("--aligned", action="store_true", help="photos are FFHQ-aligned faces (eye and mouth boxes known)")
+    p.add_argument("--crop", type=int, default=None, help="then keep a CROP x CROP square around the skin (large photos)")
+    p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS),
+                   help="blemish kinds to add: local ones (spots, pimples) or also broad tone (redness, blotches)")
+    p.add_argument("--keep-crops", action="store_true",
+                   help="with --aligned: per pair, also an untouched crop of an eye, the mouth or the background (before = after)")
+    p.set_defaults(handler=_cmd_synthetic)
+
+
+def _model_card_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "model-card",
+        help="measure an exported model on held-out material for its model card",
+        formatter_class=_Formatter,
+        description=textwrap.dedent("""\
+            Measure a model on material it was not trained on, for the README's model card:
+            - PSNR, SSIM and masked PSNR beside No edit, on held-out synthetic pairs (made with
+              `autoretouch-train synthetic` from photos kept out of training) and on a real
+              before/after pair;
+            - each portrait the crops file names, retouched whole: the share of pixels changed, and
+              its crops of skin saved as before | after | difference x8.
+            Writes OUT/metrics.json and OUT/*.png and prints the tables. `make model-card MODEL=m.pt`
+            runs it on the shared photos with docs/model-card/crops.json.
+            """),
+    )
+    p.add_argument("--checkpoint", required=True, type=Path, help="exported model to measure (from `export`)")
+    p.add_argument("--heldout", required=True, type=Path, nargs="+",
+                   help="studio-layout folders of held-out pairs (from `synthetic`), each scored on its own, named by its folder")
+    p.add_argument("--pair", required=True, type=Path, nargs=2, metavar=("BEFORE", "AFTER"),
+                   help="a real retouch: the original photo and its retouched version (e.g. the FFHQR pair)")
+    p.add_argument("--photos", required=True, type=Path, help="folder holding the portraits the crops file names")
+    p.add_argument("--crops", required=True, type=Path,
+                   help="JSON file of the crops to show: {'side': pixels, 'crops': [{'photo', 'label', 'centre': [y, x] "
+                   "or null for the middle of the skin, 'name'}]}; see docs/model-card/crops.json")
+    p.add_argument("--out", required=True, type=Path, help="folder for metrics.json and the crops")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model (always in fp32)")
+    p.set_defaults(handler=_cmd_model_card)
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     generator = GeneratorConfig(args.full_channels, args.body_channels, args.blocks, args.kernel_size)
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
@@ -103,7 +172,7 @@ def _cmd_train(args: argparse.Namespace, command: str) -> int:
     try:
         config = config_from_args(args)
     except ValueError as exc:
-        raise _Usage(str(exc)) from exc
+        raise BadConfigError(f"impossible training settings: {exc}") from exc
     train(config, args.out, resume=args.resume, command=command)
     return 0
 
@@ -136,18 +205,46 @@ def _cmd_evaluate(args: argparse.Namespace, command: str) -> int:
     from .state import load_any_generator
     from .windows import FilePairs
 
-    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if cuda else "cpu")
-    generator, _ = load_any_generator(args.checkpoint)
+    device = resolve_device(args.device)
+    model = load_any_generator(args.checkpoint)
     listing = list_pairs(Path(args.data), args.layout, args.split, args.val_fraction, args.test_fraction)
-    result = evaluate(generator.to(device), FilePairs(listing), device, limit=args.limit)
+    result = evaluate(model, FilePairs(listing), device, limit=args.limit)
     print(f"{args.split} split of {args.data}: {result.images} images" + (f", {len(result.skipped)} skipped" if result.skipped else ""))
     print(format_table([("No edit", result.noedit), ("Model", result.model)]))
     return 0
 
 
-class _Usage(Exception):
-    pass
+def _cmd_synthetic(args: argparse.Namespace, command: str) -> int:
+    from .synthetic import SyntheticPairs, only_kinds, write_pairs
+
+    if args.pairs_per_photo < 1:
+        raise BadOptionError(f"--pairs-per-photo must be at least 1, got {args.pairs_per_photo}")
+    if args.keep_crops and not args.aligned:
+        raise BadOptionError("--keep-crops needs --aligned (it crops where FFHQ puts the eyes and mouth)")
+    stems = [photo.stem for photo in args.photos]
+    if len(set(stems)) != len(stems):
+        raise BadOptionError("the photos must have distinct file names (they name the pairs)")
+    config = only_kinds(args.kinds)
+    pairs = SyntheticPairs(args.photos, args.pairs_per_photo, args.seed, args.short_side, args.aligned, config, args.crop)
+    try:
+        written = write_pairs(pairs, stems, args.out, keep=args.keep_crops)
+    except OSError as exc:  # reading is checked by load_photo; this is the output side
+        raise DataError(f"cannot write the pairs into {args.out}: {exc}") from exc
+    print(f"wrote {len(written)} pairs to {args.out}")
+    return 0
+
+
+def _cmd_model_card(args: argparse.Namespace, command: str) -> int:
+    from plugin_server import checkpoint
+
+    from . import model_card
+
+    plan = model_card.read_crops(args.crops)  # before the slow part: a bad file stops at once
+    model = checkpoint.load(args.checkpoint)
+    report = model_card.measure(model, args.checkpoint, args.heldout, tuple(args.pair), plan, args.photos, args.out,
+                                resolve_device(args.device))
+    print(model_card.summary(report))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,9 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="autoretouch-train",
         formatter_class=_Formatter,
         description="Train AutoRetouch generators and turn them into checkpoints the server loads. "
-        "Start with `check`, then `train`, then `export`; `evaluate` prints the paper's table.",
+        "Start with `check` (or make pairs with `synthetic`), then `train`, then `export`; `evaluate` prints "
+        "the paper's table and `model-card` measures a model on held-out material.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,check,export,evaluate}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{synthetic,check,train,export,evaluate,model-card}"
+    )
+    _synthetic_parser(sub)
     _train_parser(sub)
 
     p = sub.add_parser("check", help="report unpaired, unreadable and size-mismatched files", formatter_class=_Formatter,
@@ -193,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="score only the first N pairs (0: all)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
     p.set_defaults(handler=_cmd_evaluate)
+    _model_card_parser(sub)
     return parser
 
 
@@ -203,11 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["autoretouch-train", *argv])
     try:
         return args.handler(args, command)
-    except _Usage as exc:
-        parser.error(str(exc))
     except AutoRetouchError as exc:
         print(f"autoretouch-train: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("autoretouch-train: interrupted", file=sys.stderr)
         return 130

@@ -1,10 +1,12 @@
-"""Whole-image evaluation: PSNR, SSIM and masked PSNR of a generator beside the No-edit baseline.
+"""Whole-image evaluation: PSNR, SSIM and masked PSNR of a model beside the No-edit baseline.
 
 Used by the validation pass during training and by ``autoretouch-train evaluate``. The model
 runs through ``plugin_server.engine.retouch``, so outputs are scored as the server returns them
-(tiled, and rounded to the data's bit depth). Masked PSNR is over the pixels the retoucher changed.
+(tiled, with the model's residual floor, and rounded to the data's bit depth); training validates
+its raw generator as ``Model(generator)``, with no floor. Masked PSNR is over the pixels the
+retoucher changed.
 
-    result = evaluate(generator, FilePairs(list_pairs(root, split="test")), device)
+    result = evaluate(model, FilePairs(list_pairs(root, split="test")), device)   # a checkpoint.Model
     print(format_table([("No edit", result.noedit), ("AutoRetouch", result.model)]))
 """
 
@@ -17,21 +19,22 @@ import numpy as np
 import torch
 
 from plugin_server import engine
+from plugin_server.checkpoint import Model
 from plugin_server.errors import BadImageError
-from plugin_server.model import Generator
+from plugin_server.wire import RetouchOptions
 
 from .metrics import changed, psnr, ssim
 from .pairs import to_float
 from .windows import PairSource
 
 
-def retouch_image(generator: Generator, before: np.ndarray, device: torch.device) -> np.ndarray:
+def retouch_image(model: Model, before: np.ndarray, device: torch.device) -> np.ndarray:
     """The one call site where evaluation runs the model: (H, W, 3) -> (H, W, 3), same dtype.
 
     Through the server's engine (tiled, exact, bounded memory) in fp32, so that the scores are
     those of what the server returns, rounding to the image's bit depth included.
     """
-    return engine.retouch(before, generator, device=device, precision="fp32")
+    return engine.retouch(before, model, RetouchOptions(device=str(device), precision="fp32"))
 
 
 @dataclass
@@ -53,10 +56,10 @@ def _mean(values: list[float]) -> float:
 
 
 def evaluate(
-    generator: Generator, source: PairSource, device: torch.device, limit: int = 0, keep_samples: int = 0
+    model: Model, source: PairSource, device: torch.device, limit: int = 0, keep_samples: int = 0
 ) -> Evaluation:
     """Score the first ``limit`` pairs (all if 0); bad pairs are skipped and named."""
-    generator.eval()
+    model.generator.eval()
     result = Evaluation()
     model_scores, noedit_scores = [], []
     for index in range(len(source) if limit <= 0 else min(limit, len(source))):
@@ -70,7 +73,7 @@ def evaluate(
             return torch.from_numpy(to_float(a)).permute(2, 0, 1).to(device)  # (3, H, W)
 
         before, target = tensor(before_np), tensor(target_np)
-        out = tensor(retouch_image(generator, before_np, device))
+        out = tensor(retouch_image(model, before_np, device))
         mask = changed(before, target)
         model_scores.append(_scores(out, target, mask))
         noedit_scores.append(_scores(before, target, mask))

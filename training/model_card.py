@@ -1,50 +1,84 @@
 """Measure a model for the README's model card, on material it was not trained on.
 
-    python -m training.model_card --checkpoint plugin_server/weights/starter.pt \\
-        --heldout build/starter/heldout/all build/starter/heldout/local --out docs/model-card
+    autoretouch-train model-card --checkpoint plugin_server/weights/starter.pt \\
+        --heldout build/starter/heldout/all build/starter/heldout/local \\
+        --pair ../shared/data/ffhqr-pair/00000-original.png ../shared/data/ffhqr-pair/00000-retouched.png \\
+        --photos ../shared/data/portraits --crops docs/model-card/crops.json --out docs/model-card
 
 - held-out synthetic pairs (studio-layout folders made from photos kept out of training):
   PSNR, SSIM and masked PSNR beside the No-edit baseline;
-- the real FFHQR before/after pair, the same;
-- each Pexels portrait retouched whole: the share of pixels changed at all and by more than
-  10 levels, and before/after crops of skin (a red pimple, a forehead spot, freckles) as PNG.
+- a real before/after pair (FFHQR 00000), the same;
+- each portrait named in the crops file, retouched whole: the share of pixels changed at all,
+  by more than 1 and by more than 10 levels, and its before/after crops of skin as PNG.
 
-Writes OUT/metrics.json and OUT/*.png and prints the tables.
+Which photos and which squares of them are shown is data (``docs/model-card/crops.json``),
+not code. Everything runs in fp32, as the server does on a CPU, so the figures are those of
+what a user gets. Writes OUT/metrics.json and OUT/*.png; ``summary`` gives the printed tables.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from plugin_server import checkpoint, engine, imageio
+from plugin_server import imageio
+from plugin_server.checkpoint import Model
+from plugin_server.errors import BadConfigError
 
-from .evaluate import evaluate
+from .evaluate import evaluate, retouch_image
 from .pairs import Listing, Pair, list_pairs
 from .report import format_table
+from .synthetic import skin_mask
 from .windows import FilePairs
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-# Skin worth showing, as (photo stem, label, centre y, centre x) at full resolution.
-CROPS = [
-    ("pexels-ike-louie-natividad-2709388", "red pimple among freckles", 2820, 2115),
-    ("pexels-ike-louie-natividad-2709388", "freckles on the nose", 2950, 1620),
-    ("pexels-aadil-2598024", "forehead spot", 1300, 2055),
-    ("pexels-mateus-souza-3586798", "cheek", None, None),
-    ("pexels-simon-robben-614810", "cheek and stubble", None, None),
-]
-CROP = 384  # full-resolution pixels shown per crop; doubled in the PNG so pores are visible
+GAP = 8  # white pixels between the panels of a crop
+DIFF_GAIN = 8  # the third panel shows |after - before| x 8
 
 
-def scores(generator: torch.nn.Module, listing: Listing) -> dict[str, dict[str, float]]:
-    result = evaluate(generator, FilePairs(listing), torch.device("cpu"))
+@dataclass(frozen=True)
+class Crop:
+    photo: str  # file name, in the photos folder
+    label: str  # what the crop shows, for people
+    centre: tuple[int, int] | None  # (y, x) at full resolution; None: the middle of the photo's skin
+    name: str  # the PNG written into the output folder
+
+
+@dataclass(frozen=True)
+class CropPlan:
+    side: int  # full-resolution pixels per crop; the PNG shows them at 2x so pores are visible
+    crops: tuple[Crop, ...]
+
+
+def read_crops(path: str | os.PathLike) -> CropPlan:
+    """The crops file (see docs/model-card/crops.json); a file that does not fit is a BadConfigError."""
+    try:
+        data = json.loads(Path(path).read_text())
+        crops = tuple(
+            Crop(c["photo"], c["label"], None if c["centre"] is None else (int(c["centre"][0]), int(c["centre"][1])), c["name"])
+            for c in data["crops"]
+        )
+        plan = CropPlan(int(data["side"]), crops)
+    except OSError as exc:
+        raise BadConfigError(f"cannot read the crops file {path}: {exc}") from exc
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise BadConfigError(
+            f"{path} is not a crops file: it needs 'side' and a list 'crops' of "
+            f"{{'photo', 'label', 'centre': [y, x] or null, 'name'}} ({type(exc).__name__}: {exc})"
+        ) from exc
+    if plan.side < 1 or not plan.crops:
+        raise BadConfigError(f"{path}: 'side' must be positive and 'crops' must not be empty")
+    return plan
+
+
+def scores(model: Model, listing: Listing, device: torch.device) -> dict[str, Any]:
+    result = evaluate(model, FilePairs(listing), device)
     return {"images": result.images, "no_edit": result.noedit, "model": result.model}
 
 
@@ -54,67 +88,63 @@ def change_stats(before: np.ndarray, after: np.ndarray) -> dict[str, float]:
             "changed_over_10": float((diff > 10).mean())}
 
 
-def crop_centre(pixels: np.ndarray, y: int | None, x: int | None) -> tuple[int, int]:
-    if y is None:
-        from .synthetic import skin_mask
-
-        small = pixels[::8, ::8]
+def crop_origin(pixels: np.ndarray, centre: tuple[int, int] | None, side: int) -> tuple[int, int]:
+    """Top-left corner of the side x side square around ``centre``, kept inside the photo."""
+    if centre is None:
+        small = pixels[::8, ::8]  # the skin mask of a 24 MP photo is slow; an eighth finds the middle
         ys, xs = np.nonzero(skin_mask(small))
-        y, x = (int(np.median(ys)) * 8, int(np.median(xs)) * 8) if len(ys) else (pixels.shape[0] // 2, pixels.shape[1] // 2)
-    half = CROP // 2
-    return min(max(y - half, 0), pixels.shape[0] - CROP), min(max(x - half, 0), pixels.shape[1] - CROP)
+        centre = (int(np.median(ys)) * 8, int(np.median(xs)) * 8) if len(ys) else (pixels.shape[0] // 2, pixels.shape[1] // 2)
+    y, x, half = centre[0], centre[1], side // 2
+    return min(max(y - half, 0), pixels.shape[0] - side), min(max(x - half, 0), pixels.shape[1] - side)
 
 
-def save_crop(before: np.ndarray, after: np.ndarray, top: int, left: int, path: Path) -> None:
+def save_crop(before: np.ndarray, after: np.ndarray, top: int, left: int, side: int, path: Path) -> None:
     """before | after | difference x8, each shown at 2x."""
-    a, b = before[top:top + CROP, left:left + CROP], after[top:top + CROP, left:left + CROP]
-    diff = np.clip(np.abs(b.astype(np.int16) - a.astype(np.int16)) * 8, 0, 255).astype(np.uint8)
-    strip = np.concatenate([a, np.full((CROP, 8, 3), 255, np.uint8), b, np.full((CROP, 8, 3), 255, np.uint8), diff], axis=1)
-    image = Image.fromarray(strip)
+    a, b = before[top:top + side, left:left + side], after[top:top + side, left:left + side]
+    diff = np.clip(np.abs(b.astype(np.int16) - a.astype(np.int16)) * DIFF_GAIN, 0, 255).astype(np.uint8)
+    gap = np.full((side, GAP, 3), 255, np.uint8)
+    image = Image.fromarray(np.concatenate([a, gap, b, gap, diff], axis=1))
     image.resize((image.width * 2, image.height * 2), Image.NEAREST).save(path, optimize=True)
 
 
-def portraits(generator: torch.nn.Module, out: Path) -> dict[str, dict]:
+def portraits(model: Model, plan: CropPlan, photos: Path, out: Path, device: torch.device) -> dict[str, dict]:
+    """Each photo of the plan retouched whole (once, however many crops it has): stats and crops."""
     stats: dict[str, dict] = {}
-    for stem in dict.fromkeys(c[0] for c in CROPS):
-        before = imageio.read(SHARED / "portraits" / f"{stem}.jpg").pixels
-        after = engine.retouch(before, generator)
-        stats[stem] = change_stats(before, after)
-        stats[stem]["crops"] = []
-        for _, label, y, x in (c for c in CROPS if c[0] == stem):
-            top, left = crop_centre(before, y, x)
-            name = f"{stem.split('-')[1]}-{label.replace(' ', '-')}.png"
-            save_crop(before, after, top, left, out / name)
-            stats[stem]["crops"].append({"label": label, "file": name, "top": top, "left": left})
+    for photo in dict.fromkeys(c.photo for c in plan.crops):
+        before = imageio.read(photos / photo).pixels
+        after = retouch_image(model, before, device)
+        entry = stats[Path(photo).stem] = {**change_stats(before, after), "crops": []}
+        for crop in (c for c in plan.crops if c.photo == photo):
+            top, left = crop_origin(before, crop.centre, plan.side)
+            save_crop(before, after, top, left, plan.side, out / crop.name)
+            entry["crops"].append({"label": crop.label, "file": crop.name, "top": top, "left": left})
     return stats
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.model_card", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, type=Path, help="exported model to measure")
-    p.add_argument("--heldout", required=True, type=Path, nargs="+",
-                   help="studio-layout folders of held-out synthetic pairs, each scored on its own (named by its folder)")
-    p.add_argument("--out", required=True, type=Path, help="folder for metrics.json and the crops")
-    args = p.parse_args(argv)
-    generator, metadata = checkpoint.load(args.checkpoint)
-    args.out.mkdir(parents=True, exist_ok=True)
-    pair_dir = SHARED / "ffhqr-pair"
-    ffhqr = Listing("ffhqr", True, (Pair("00000", pair_dir / "00000-original.png", pair_dir / "00000-retouched.png"),))
+def measure(
+    model: Model, checkpoint: Path, heldout: list[Path], pair: tuple[Path, Path], plan: CropPlan, photos: Path,
+    out: Path, device: torch.device,
+) -> dict[str, Any]:
+    """Every figure of the model card; writes OUT/metrics.json and the crops, returns the report."""
+    out.mkdir(parents=True, exist_ok=True)
+    real = Listing("ffhqr", True, (Pair(pair[0].stem, pair[0], pair[1]),))
+    meta = model.metadata
     report = {
-        "model": {"file": args.checkpoint.name, "steps": metadata.get("steps"), "trained_on": metadata.get("trained_on"),
-                  "init": metadata.get("init")},
-        **{f"heldout_{d.name}": scores(generator, list_pairs(d, layout="studio")) for d in args.heldout},
-        "ffhqr_pair": scores(generator, ffhqr),
-        "portraits": portraits(generator, args.out),
+        "model": {"file": checkpoint.name, "steps": meta.get("steps"), "trained_on": meta.get("trained_on"), "init": meta.get("init")},
+        **{f"heldout_{d.name}": scores(model, list_pairs(d, layout="studio"), device) for d in heldout},
+        "ffhqr_pair": scores(model, real, device),
+        "portraits": portraits(model, plan, photos, out, device),
     }
+    (out / "metrics.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def summary(report: dict[str, Any]) -> str:
+    """The tables of a report, as printed."""
+    lines = []
     for key in [k for k in report if k.startswith("heldout_")] + ["ffhqr_pair"]:
-        print(f"{key} ({report[key]['images']} images)")
-        print(format_table([("No edit", report[key]["no_edit"]), ("Model", report[key]["model"])]))
+        lines.append(f"{key} ({report[key]['images']} images)")
+        lines.append(format_table([("No edit", report[key]["no_edit"]), ("Model", report[key]["model"])]))
     for stem, s in report["portraits"].items():
-        print(f"{stem}: {s['changed']:.2%} of pixels changed, {s['changed_over_10']:.3%} by more than 10 levels")
-    (args.out / "metrics.json").write_text(json.dumps(report, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        lines.append(f"{stem}: {s['changed']:.2%} of pixels changed, {s['changed_over_10']:.3%} by more than 10 levels")
+    return "\n".join(lines)

@@ -28,9 +28,7 @@ from typing import Literal
 import numpy as np
 
 from plugin_server import imageio
-from plugin_server.errors import AutoRetouchError, BadImageError
-
-from .errors import DataError
+from plugin_server.errors import AutoRetouchError, BadImageError, DataError
 
 Split = Literal["train", "val", "test"]
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"})

@@ -10,15 +10,15 @@ pores and freckles stay visible underneath instead of being painted over.
     pairs = SyntheticPairs(paths, pairs_per_photo=8, seed=0, short_side=1024, aligned=False)
     before, after = pairs[5]                          # deterministic per (seed, index)
 
-    python -m training.synthetic --out data/synthetic --photos a.jpg b.png --pairs-per-photo 4 --seed 0
+    autoretouch-train synthetic --out data/synthetic --photos a.jpg b.png --pairs-per-photo 4 --seed 0
 
-The CLI writes the "studio" layout the trainer reads: OUT/before/NAME.png and OUT/after/NAME.png.
+The command (``write_pairs``) writes the "studio" layout the trainer reads: OUT/before/NAME.png
+and OUT/after/NAME.png.
 Sizes are set at the scale of an FFHQ face (1024x1024, aligned) and scaled to each photo's face.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
+
+from plugin_server.errors import BadImageError
 
 # FFHQ's alignment puts the face in these fractions of the image; features are given as fractions
 # of the face box (top, left, bottom, right), so a detector box in the same convention works too.
@@ -304,6 +306,12 @@ def _blotch(field: np.ndarray, rng: np.random.Generator, cy: float, cx: float, s
 
 
 _KINDS = (("spots", _spot), ("pimples", _pimple), ("redness", _redness), ("blotches", _blotch))
+KINDS = tuple(name for name, _ in _KINDS)  # local ones first, then the broad tone patches
+
+
+def only_kinds(kinds: Sequence[str], config: BlemishConfig = BlemishConfig()) -> BlemishConfig:
+    """``config`` with every blemish kind not in ``kinds`` switched off."""
+    return replace(config, **{kind: (0, 0) for kind in KINDS if kind not in kinds})
 
 
 def add_blemishes(
@@ -355,11 +363,14 @@ def make_pair(
 
 def load_photo(path: Path, short_side: int | None = None) -> np.ndarray:
     """An (H, W, 3) uint8 photo, upright, optionally shrunk so its short side is short_side."""
-    with Image.open(path) as img:
-        if short_side is not None:
-            img.draft("RGB", (short_side, short_side))  # JPEG: decode at a reduced size, fast
-        img = ImageOps.exif_transpose(img).convert("RGB")
-        return fit_short_side(np.asarray(img), short_side) if short_side else np.asarray(img)
+    try:
+        with Image.open(path) as img:
+            if short_side is not None:
+                img.draft("RGB", (short_side, short_side))  # JPEG: decode at a reduced size, fast
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            return fit_short_side(np.asarray(img), short_side) if short_side else np.asarray(img)
+    except OSError as exc:  # missing, unreadable or not an image (PIL's UnidentifiedImageError)
+        raise BadImageError(f"cannot read the photo {path}: {exc}") from exc
 
 
 def fit_short_side(image: np.ndarray, short_side: int) -> np.ndarray:
@@ -494,42 +505,3 @@ def write_pairs(pairs: SyntheticPairs, names: Sequence[str], out: Path, keep: bo
             _write_png(after, out / "after" / name)
             written.append(name)
     return written
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m training.synthetic",
-        description="Write synthetic before/after pairs (clean photos with blemishes added) as OUT/before and OUT/after.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--out", required=True, type=Path, help="output folder (studio layout)")
-    p.add_argument("--photos", required=True, nargs="+", type=Path, help="clean photos")
-    p.add_argument("--pairs-per-photo", type=int, default=1, help="pairs per photo, each with other blemishes")
-    p.add_argument("--seed", type=int, default=0, help="seed of the blemishes")
-    p.add_argument("--short-side", type=int, default=None, help="shrink photos to this short side first")
-    p.add_argument("--aligned", action="store_true", help="photos are FFHQ-aligned faces (eye and mouth boxes known)")
-    p.add_argument("--crop", type=int, default=None, help="then keep a CROP x CROP square around the skin (large photos)")
-    kinds = [name for name, _ in _KINDS]
-    p.add_argument("--kinds", nargs="+", choices=kinds, default=kinds,
-                   help="blemish kinds to add: local ones (spots, pimples) or also broad tone (redness, blotches)")
-    p.add_argument("--keep-crops", action="store_true",
-                   help="with --aligned: per pair, also an untouched crop of an eye, the mouth or the background (before = after)")
-    args = p.parse_args(argv)
-    if args.keep_crops and not args.aligned:
-        p.error("--keep-crops needs --aligned (it crops where FFHQ puts the eyes and mouth)")
-    stems = [photo.stem for photo in args.photos]
-    if len(set(stems)) != len(stems):
-        p.error("photos must have distinct file names (they name the pairs)")
-    config = replace(BlemishConfig(), **{kind: (0, 0) for kind in kinds if kind not in args.kinds})
-    pairs = SyntheticPairs(args.photos, args.pairs_per_photo, args.seed, args.short_side, args.aligned, config, args.crop)
-    try:
-        written = write_pairs(pairs, stems, args.out, keep=args.keep_crops)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}")
-        return 2
-    print(f"wrote {len(written)} pairs to {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import VggWeightsError
+from plugin_server.errors import VggWeightsError
 
 # torchvision's VGG-19 ("E") configuration: conv widths, "M" for max-pooling.
 VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")

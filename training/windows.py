@@ -22,9 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from plugin_server.errors import BadImageError
+from plugin_server.errors import BadImageError, DataError
 
-from .errors import DataError
 from .pairs import Listing, read_pair, to_float
 
 # For face-aligned photos (FFHQ), the face fills roughly this central box (fractions of W, H).

@@ -1,0 +1,107 @@
+"""``autoretouch-train synthetic`` and ``model-card``: help a newcomer reads, one-line errors, exit codes.
+
+The real entry point runs in a subprocess where what a user sees matters (help, the one error
+line, the exit status); the model card's figures run in-process on a tiny model and small photos.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from plugin_server import checkpoint
+from plugin_server.model import Generator, GeneratorConfig, Model
+from training.cli import main
+from train_fixtures import SHARED_DATA, needs_shared_data
+
+ENTRY = Path(sys.executable).with_name("autoretouch-train")
+PORTRAITS = SHARED_DATA / "portraits"
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(ENTRY), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_of_synthetic_and_model_card_says_what_they_do() -> None:
+    top = run("--help")
+    assert top.returncode == 0 and "synthetic" in top.stdout and "model-card" in top.stdout
+    synthetic = run("synthetic", "--help")
+    assert synthetic.returncode == 0, synthetic.stderr
+    assert "blemishes" in synthetic.stdout and "--pairs-per-photo" in synthetic.stdout and "--layout studio" in synthetic.stdout
+    card = run("model-card", "--help")
+    assert card.returncode == 0, card.stderr
+    assert "held-out" in card.stdout and "--crops" in card.stdout and "metrics.json" in card.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        # Asking for something impossible: the command line's fault, exit code 2.
+        (["synthetic", "--out", "OUT", "--photos", "a.png", "--keep-crops"], 2, "--keep-crops needs --aligned"),
+        (["synthetic", "--out", "OUT", "--photos", "a.png", "--pairs-per-photo", "0"], 2, "at least 1"),
+        (["train", "--data", "D", "--out", "OUT", "--window", "4"], 2, "window must be >= 8"),
+        # The work failed: exit code 1.
+        (["synthetic", "--out", "OUT", "--photos", "missing.png"], 1, "cannot read the photo missing.png"),
+    ],
+)
+def test_a_bad_argument_is_one_line_and_its_exit_code(args: list[str], code: int, words: str, tmp_path: Path) -> None:
+    done = subprocess.run([str(ENTRY), *args], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == code, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("autoretouch-train: error: ") and words in lines[0], done.stderr
+    assert not (tmp_path / "OUT").exists()
+
+
+def test_model_card_refuses_a_bad_crops_file_before_measuring(tmp_path: Path, capsys) -> None:
+    crops = tmp_path / "crops.json"
+    crops.write_text(json.dumps({"side": 64, "crops": [{"photo": "a.png", "label": "cheek"}]}))  # no centre, no name
+    args = ["model-card", "--checkpoint", str(tmp_path / "none.pt"), "--heldout", str(tmp_path),
+            "--pair", "a.png", "b.png", "--photos", str(tmp_path), "--crops", str(crops), "--out", str(tmp_path / "card")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a crops file" in err[0]
+    crops.write_text(json.dumps({"side": 64, "crops": [{"photo": "a.png", "label": "cheek", "centre": None, "name": "a.png"}]}))
+    assert main(args) == 1  # a valid plan; now the missing model stops it
+    assert "none.pt" in capsys.readouterr().err
+    assert not (tmp_path / "card").exists()
+
+
+@needs_shared_data
+def test_model_card_measures_what_the_crops_file_names(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = tmp_path / "tiny.pt"
+    checkpoint.save(model, Model(Generator(GeneratorConfig(4, 8, 1)), metadata={"steps": 7, "trained_on": "nothing"}))
+    heldout = tmp_path / "local"
+    assert main(["synthetic", "--out", str(heldout), "--photos", str(PORTRAITS / "ffhq-00007.png"), "--aligned",
+                 "--pairs-per-photo", "2", "--short-side", "256", "--kinds", "spots"]) == 0
+    crops = tmp_path / "crops.json"
+    crops.write_text(json.dumps({"side": 100, "crops": [
+        {"photo": "ffhq-00008.png", "label": "left cheek", "centre": [600, 380], "name": "left.png"},
+        {"photo": "ffhq-00008.png", "label": "skin", "centre": None, "name": "skin.png"},
+        {"photo": "ffhq-00008.png", "label": "corner", "centre": [0, 5000], "name": "corner.png"},  # kept inside
+    ]}))
+    pair = SHARED_DATA / "ffhqr-pair"
+    out = tmp_path / "card"
+    assert main(["model-card", "--checkpoint", str(model), "--heldout", str(heldout),
+                 "--pair", str(pair / "00000-original.png"), str(pair / "00000-retouched.png"),
+                 "--photos", str(PORTRAITS), "--crops", str(crops), "--out", str(out), "--device", "cpu"]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["model"] == {"file": "tiny.pt", "steps": 7, "trained_on": "nothing", "init": None}
+    assert report["heldout_local"]["images"] == 2 and report["ffhqr_pair"]["images"] == 1
+    for part in ("heldout_local", "ffhqr_pair"):
+        assert report[part]["no_edit"]["psnr"] > 20 and np.isfinite(report[part]["model"]["psnr"])
+    portrait = report["portraits"]["ffhq-00008"]
+    assert 0 < portrait["changed"] <= 1 and portrait["changed_over_10"] <= portrait["changed_over_1"] <= portrait["changed"]
+    boxes = {c["file"]: (c["top"], c["left"]) for c in portrait["crops"]}
+    assert boxes["left.png"] == (550, 330) and boxes["corner.png"] == (0, 1024 - 100)
+    photo = np.asarray(Image.open(PORTRAITS / "ffhq-00008.png").convert("RGB"))
+    strip = np.asarray(Image.open(out / "left.png"))
+    assert strip.shape == (200, 2 * (3 * 100 + 16), 3)  # before | after | difference, at 2x
+    assert np.array_equal(strip[::2, :200:2], photo[550:650, 330:430])  # the before panel is the photo
