@@ -8,7 +8,7 @@ before sending the next request: small photos as PNG, JPEG, 16-bit TIFF and msgp
 ``POST /v1/retouch``; jobs that are polled, fetched and deleted, and some left for the result
 lifetime (60 s here) to expire; health checks; and malformed requests. It samples the server
 process's RSS every ``--interval`` seconds, prints it as it goes, stops by itself after
-``--seconds`` and writes bench/results/soak.json. Not part of ``make test``.
+``--seconds`` and writes bench/results/soak.json (``--out``). Not part of ``make test``.
 
 RSS "plateaus" when its least-squares slope over the second half of the run is under
 1 MB/min; the JSON keeps every sample so the curve can be judged by eye too.
@@ -148,15 +148,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seconds", type=float, default=600, help="how long the load runs (default: 600)")
     parser.add_argument("--clients", type=int, default=4, help="client threads (default: 4)")
     parser.add_argument("--interval", type=float, default=10, help="seconds between RSS samples (default: 10)")
+    parser.add_argument("--kinds", help="comma list of request kinds to send, to find what grows "
+                                        "(default: all; e.g. 'health,truncated' or 'retouch png')")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results file (default: %(default)s)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO / "tests"))
     from server_fixtures import start_server  # the tests' real-process launcher
 
-    requests = requests_to_send()
-    weights = [6, 4, 3, 4, 3, 1, 2, 1, 1, 1, 1]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    mix = list(zip(requests_to_send(), [6, 4, 3, 4, 3, 1, 2, 1, 1, 1, 1]))
+    if args.kinds:
+        wanted = {kind.strip() for kind in args.kinds.split(",")}
+        mix = [(request, weight) for request, weight in mix if request.kind in wanted]
+        if not mix:
+            parser.error(f"no request kind among {args.kinds!r}")
+    requests, weights = [request for request, _ in mix], [weight for _, weight in mix]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     server = start_server(None, "--tile-size", "256", "--result-ttl", "60", "--idle-timeout", "30",
-                          log_dir=RESULTS.parent)
+                          log_dir=args.out.parent)
     tally, stop, samples = Tally(), threading.Event(), []
     threads = [threading.Thread(target=client, args=(server, requests, weights, i, stop, tally), daemon=True)
                for i in range(args.clients)]
@@ -185,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     slope = slope_mb_per_min(second_half)
     result = {
         "bench": "soak", "seconds": args.seconds, "clients": args.clients, "interval": args.interval,
+        "kinds": sorted({request.kind for request in requests}),
         "machine": platform.platform(), "server_alive_at_end": alive,
         "rss_start_mb": samples[0]["rss_mb"], "rss_end_mb": samples[-1]["rss_mb"],
         "rss_max_mb": max(s["rss_mb"] for s in samples),
@@ -195,10 +204,10 @@ def main(argv: list[str] | None = None) -> dict:
         "requests": tally.total(), "counts": dict(sorted(tally.counts.items())), "unexpected": tally.unexpected,
         "samples": samples,
     }
-    RESULTS.write_text(json.dumps(result, indent=2))
+    args.out.write_text(json.dumps(result, indent=2))
     print(f"RSS {result['rss_start_mb']:.0f} -> {result['rss_end_mb']:.0f} MB (max {result['rss_max_mb']:.0f}); "
           f"second-half slope {slope:+.2f} MB/min: {'plateau' if result['plateau'] else 'STILL RISING'}; "
-          f"{result['requests']} requests, {len(tally.unexpected)} unexpected answers; {RESULTS}")
+          f"{result['requests']} requests, {len(tally.unexpected)} unexpected answers; {args.out}")
     return result
 
 
