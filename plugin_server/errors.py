@@ -59,6 +59,12 @@ class CheckpointError(AutoRetouchError):
     code = "bad_checkpoint"
 
 
+class FaceModelError(AutoRetouchError):
+    """The face models are missing or not the pinned files (an install problem, not the photo's)."""
+
+    code = "face_model"
+
+
 class BusyError(AutoRetouchError):
     """The queue is full; the caller should retry after ``retry_after`` seconds."""
 

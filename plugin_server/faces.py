@@ -23,7 +23,6 @@ from scipy import ndimage
 
 from plugin_server.errors import BadImageError
 
-DEFAULT_MIN_IOD = 40.0  # px; below this a face has too few pixels for landmarks or blemishes to matter
 WORK_IOD = 160.0  # px; the mask is computed with the IOD at most this
 
 # Closed loops of MediaPipe face-mesh indices, each in drawing order.

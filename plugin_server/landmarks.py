@@ -21,6 +21,7 @@ tighter region and the landmark model runs once more there, as MediaPipe's track
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import math
 import os
@@ -29,19 +30,20 @@ import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
-from plugin_server.errors import AutoRetouchError
+from plugin_server.errors import FaceModelError
 from plugin_server.faces import (
-    DEFAULT_MIN_IOD,
     LEFT_EYE_OUTER,
     RIGHT_EYE_OUTER,
     Face,
     face_from_landmarks,
     to_rgb8,
 )
+from plugin_server.wire import DEFAULT_MIN_IOD
 
 # The models, by the sha256 of the exact files in mediapipe 0.10.21 (the last wheel that ships them).
 MODELS = {
@@ -63,12 +65,6 @@ ROI_SCALE = 1.5  # MediaPipe grows the face box by this much for the landmark mo
 # The smallest IOD, in pixels of the detector's 192-px input, that it is trusted to find; a face
 # of min_iod smaller than that in the whole image is looked for in tiles of a less reduced copy.
 TILE_MIN_IOD = 5.0  # measured: it finds downscaled FFHQ faces down to 4 px
-
-
-class FaceModelError(AutoRetouchError):
-    """The face models are missing or not the pinned files (an install problem, not the photo's)."""
-
-    code = "face_model"
 
 
 def models_dir() -> Path:
@@ -119,12 +115,28 @@ def _load() -> _Models:
                 if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
                     raise FaceModelError(f"face model {path} is not the pinned file; reinstall it with make")
                 paths[name] = str(path)
-            detector = Interpreter(model_path=paths["face_detection_full_range_sparse.tflite"], num_threads=1)
-            mesh = Interpreter(model_path=paths["face_landmark.tflite"], num_threads=1)
-            detector.allocate_tensors()
-            mesh.allocate_tensors()
+            with _native_stderr_silenced():
+                detector = Interpreter(model_path=paths["face_detection_full_range_sparse.tflite"], num_threads=1)
+                mesh = Interpreter(model_path=paths["face_landmark.tflite"], num_threads=1)
+                detector.allocate_tensors()
+                mesh.allocate_tensors()
             _models = _Models(detector, mesh, threading.Lock(), _anchors())
     return _models
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """LiteRT's C++ prints "INFO: Created TensorFlow Lite XNNPACK delegate" on the process's
+    stderr, which no setting turns off; a retoucher's terminal should not show it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _anchors() -> np.ndarray:
