@@ -1,0 +1,70 @@
+"""`autoretouch retouch` of a 24 MP portrait end to end: faces on, faces off, and the file I/O alone.
+
+    python -m bench.bench_retouch            # prints a table, writes bench/results/retouch.json
+
+Every command is a whole `autoretouch` process (in-process work, CPU, fp32) on the Pexels Ike
+Louie Natividad JPEG, run in turn (A B C A B C ...) so drift hits all alike; figures are medians
+of REPEATS. The bundled weights run twice with faces on: as shipped (native scale, so each face
+is retouched at its own size) and declared at FFHQ's scale (IOD 256 px, what a face-scale model
+is trained at), which is what the face engine is for. "decode + encode" reads and writes the
+same file through the same code with no retouch: the floor of any end-to-end time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.bench_faces import PORTRAIT, RESULTS, machine
+from plugin_server import checkpoint
+
+REPEATS = 3
+AUTORETOUCH = [sys.executable, "-m", "plugin_server"]
+IO_ONLY = "from plugin_server import imageio; import sys; imageio.write(sys.argv[2], imageio.read(sys.argv[1]))"
+
+
+def commands(folder: Path) -> dict[str, list[str]]:
+    face_scale = folder / "face-scale.pt"
+    starter = checkpoint.load(checkpoint.BUNDLED)
+    checkpoint.save(face_scale, dataclasses.replace(starter, scale=256.0))
+    out = str(folder / "out.jpg")
+    retouch = [*AUTORETOUCH, "retouch", str(PORTRAIT), out, "--device", "cpu"]
+    return {
+        "faces off (whole image)": [*retouch, "--no-faces", "--checkpoint", str(checkpoint.BUNDLED)],
+        "faces on, native scale": [*retouch, "--checkpoint", str(checkpoint.BUNDLED)],
+        "faces on, model at IOD 256": [*retouch, "--checkpoint", str(face_scale)],
+        "decode + encode only": [sys.executable, "-c", IO_ONLY, str(PORTRAIT), out],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = commands(Path(tmp))
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(REPEATS):
+            for name, command in runs.items():
+                start = time.perf_counter()
+                subprocess.run(command, check=True, capture_output=True)
+                times[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    off, io = medians["faces off (whole image)"], medians["decode + encode only"]
+    rows = {name: {"median_s": round(m, 2), "all_s": [round(t, 2) for t in times[name]],
+                   "faces_off_over_this": round(off / m, 2), "over_decode_encode": round(m / io, 2)}
+            for name, m in medians.items()}
+    report = {"machine": machine(), "image": PORTRAIT.name, "repeats": REPEATS, "rows": rows}
+    (RESULTS / "retouch.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{PORTRAIT.name}, {machine()}, medians of {REPEATS}")
+    print(f"{'command':32} {'median s':>9} {'off / this':>11} {'/ decode+encode':>16}")
+    for name, row in rows.items():
+        print(f"{name:32} {row['median_s']:9.2f} {row['faces_off_over_this']:10.2f}x {row['over_decode_encode']:15.2f}x")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
