@@ -20,8 +20,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+from plugin_server.command import run
 from plugin_server.devices import resolve_device
-from plugin_server.errors import AutoRetouchError, BadConfigError, BadOptionError, DataError
+from plugin_server.errors import BadConfigError, BadOptionError, DataError
 from plugin_server.model import GeneratorConfig
 
 from .config import TrainConfig
@@ -303,14 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     command = shlex.join(["autoretouch-train", *argv])
-    try:
-        return args.handler(args, command)
-    except AutoRetouchError as exc:
-        print(f"autoretouch-train: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("autoretouch-train: interrupted", file=sys.stderr)
-        return 130
+    return run("autoretouch-train", lambda: args.handler(args, command))
 
 
 if __name__ == "__main__":
