@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from plugin_server.errors import BadConfigError
+from plugin_server.errors import BadConfigError, CheckpointError
 from plugin_server.server.security import (
     is_allowed_origin, is_loopback_host_header, token_matches, validate_token,
 )
@@ -141,4 +141,5 @@ def test_non_loopback_bind_needs_a_token(ckpt):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "plugin_server.server.main", "--checkpoint", str(tmp_path / "absent.pt"),
                              "--port", "1"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and "absent.pt" in result.stderr, result.stderr
+    assert result.returncode == CheckpointError.exit_code and "absent.pt" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
