@@ -39,11 +39,11 @@ from PIL import Image
 
 from . import png_chunks, tiff_exif
 from .errors import BadImageError, TooLargeError, UnsupportedFormatError
+from .wire import DEFAULT_MAX_PIXELS  # the server's default limit, also for files read here
 
 MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "tiff": "image/tiff"}
 SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff"}
 JPEG_QUALITY = 95  # high enough that re-encoding a retouched photo is visually lossless
-DEFAULT_MAX_PIXELS = 200_000_000  # the server's default limit (wire.DEFAULT_MAX_PIXELS)
 # Decoding may allocate at most what a float32 RGBA picture at the pixel limit takes: the
 # largest picture the engine accepts. Header fields other than the size (samples, bits,
 # tiles) must not buy more memory than that.
