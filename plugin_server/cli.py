@@ -37,7 +37,7 @@ def _retouch_command(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     outputs.prepare_folder(dst, protected=[src], create=False)
     picture = imageio.read(src)
-    imageio.check_writable(imageio.format_for_path(dst), picture.pixels)
+    imageio.check_writable(imageio.format_for_path(dst), picture.pixels, picture.alpha, picture.exif)
     chosen, _ = retouchers.choose([args.server] if args.server else None, args.checkpoint, options, args.token)
     outcome = chosen[0](picture, _progress_printer(src.name))
     imageio.write(dst, outcome.picture)

@@ -53,6 +53,12 @@ class TooLargeError(AutoRetouchError):
     code, status = "too_large", 413
 
 
+class WriteError(AutoRetouchError):
+    """An output file cannot be written (no permission, disk full, folder gone); nothing partial is left."""
+
+    code = "write_failed"
+
+
 class CheckpointError(AutoRetouchError):
     """A checkpoint file is missing, not a checkpoint, of another version, or has wrong weights."""
 

@@ -38,12 +38,13 @@ import tifffile
 from PIL import Image
 
 from . import png_chunks, tiff_exif
-from .errors import BadImageError, TooLargeError, UnsupportedFormatError
+from .errors import BadImageError, TooLargeError, UnsupportedFormatError, WriteError
 from .wire import DEFAULT_MAX_PIXELS  # the server's default limit, also for files read here
 
 MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "tiff": "image/tiff"}
 SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff"}
 JPEG_QUALITY = 95  # high enough that re-encoding a retouched photo is visually lossless
+JPEG_MAX_EXIF = 65533  # one APP1 segment: its 16-bit length counts itself
 # Decoding may allocate at most what a float32 RGBA picture at the pixel limit takes: the
 # largest picture the engine accepts. Header fields other than the size (samples, bits,
 # tiles) must not buy more memory than that.
@@ -185,9 +186,13 @@ def read(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Pictu
         raise type(exc)(f"{path}: {exc}") from exc
 
 
-def check_writable(fmt: str, pixels: np.ndarray, alpha: AlphaKind = "straight") -> None:
-    """Refuse early, before any work, pixels that ``fmt`` cannot hold."""
+def check_writable(fmt: str, pixels: np.ndarray, alpha: AlphaKind = "straight", exif: bytes | None = None) -> None:
+    """Refuse early, before any work, pixels (and metadata) that ``fmt`` cannot hold."""
     _check_pixels(pixels)
+    if fmt == "jpeg" and exif and len(exif) > JPEG_MAX_EXIF:
+        raise UnsupportedFormatError(
+            f"the photo's EXIF is {len(exif)} bytes; a JPEG holds at most {JPEG_MAX_EXIF}: write it as PNG or TIFF"
+        )
     if fmt == "png" and pixels.dtype == np.float32:
         raise UnsupportedFormatError("PNG holds 8- or 16-bit pixels only; write float images as TIFF")
     if fmt == "jpeg" and pixels.dtype != np.uint8:
@@ -202,7 +207,7 @@ def check_writable(fmt: str, pixels: np.ndarray, alpha: AlphaKind = "straight") 
 
 
 def encode(picture: Picture) -> bytes:
-    check_writable(picture.format, picture.pixels, picture.alpha)
+    check_writable(picture.format, picture.pixels, picture.alpha, picture.exif)
     if picture.format == "png":
         return _encode_png(picture)
     if picture.format == "jpeg":
@@ -218,8 +223,11 @@ def write(path: str | os.PathLike, picture: Picture) -> None:
     """Write atomically in ``path``'s format: a failure never leaves a partial file behind."""
     path = Path(path)
     picture = dataclasses.replace(picture, format=format_for_path(path))
-    check_writable(picture.format, picture.pixels, picture.alpha)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    check_writable(picture.format, picture.pixels, picture.alpha, picture.exif)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as exc:
+        raise WriteError(f"cannot write {path}: {exc.strerror or exc}; choose a folder you can write to") from None
     os.close(fd)
     try:
         with open(tmp, "w+b") as f:
@@ -231,6 +239,9 @@ def write(path: str | os.PathLike, picture: Picture) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, folder gone, ...: nothing partial is left
+        Path(tmp).unlink(missing_ok=True)
+        raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -51,5 +51,5 @@ def prepare_folder(target: Path, protected: Iterable[Path], create: bool = True)
         raise BadOptionError(f"cannot create the output folder {target.parent}: {exc.strerror or exc}") from None
     check_output(target, protected)  # a link made meanwhile is caught here
     if not os.access(target.parent, os.W_OK | os.X_OK):
-        raise BadOptionError(f"cannot write into the output folder {target.parent} (permission denied); "
+        raise BadOptionError(f"cannot write into the output folder {target.parent} (read-only, or no permission); "
                              "choose a folder you can write to")

@@ -22,7 +22,7 @@ from ..errors import BadConfigError
 from ..model import Model
 from ..wire import DEFAULT_HOST, DEFAULT_MAX_PIXELS, DEFAULT_PORT, TOKEN_ENV
 from .jobs import models_for
-from .security import is_loopback_bind
+from .security import is_loopback_bind, validate_token
 from .settings import JobLimits, ServerSettings
 
 log = logging.getLogger("autoretouch.server")
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     """The settings, or a BadConfigError saying what is wrong, before anything starts."""
-    token = args.token or os.environ.get(TOKEN_ENV) or None
+    token = validate_token(args.token or os.environ.get(TOKEN_ENV) or None)
     if not is_loopback_bind(args.host) and not token:
         raise BadConfigError(
             f"refusing to listen on {args.host}: anyone who can reach it could use this server. "
