@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 #   AutoRetouch for GIMP 3: automatic face retouching by a local AutoRetouch server.
 #
-#   Filters ▸ Enhance ▸ AutoRetouch… sends the active layer (or the selected part of it) to the
-#   server started with `autoretouch-server` and puts the retouched pixels back at the image's
-#   own precision.  Scripts call the same procedure, "plug-in-autoretouch", with the arguments
+#   Filters ▸ Enhance ▸ AutoRetouch… sends the active layer to the server started with
+#   `autoretouch-server` and puts the retouched pixels back at the image's own precision,
+#   through the selection when there is one.  Scripts call the same procedure, "plug-in-autoretouch", with the arguments
 #   strength, output-mode and server-url.
 #
 #   Only this file calls GIMP.  Pixel formats, regions and messages live in
@@ -118,11 +118,13 @@ def _read_layer(image, layer):
 
     _, selected, x1, y1, x2, y2 = Gimp.Selection.bounds(image)
     _, off_x, off_y = layer.get_offsets()
-    region = protocol.selection_region((off_x, off_y), (layer.get_width(), layer.get_height()),
-                                       (x1, y1, x2, y2) if selected else None)
-    if region is None:
+    size = (layer.get_width(), layer.get_height())
+    if protocol.selection_region((off_x, off_y), size, (x1, y1, x2, y2) if selected else None) is None:
         raise BadImageError(_("The selection does not touch the active layer: select part "
                               "of the layer, or Select ▸ None to retouch all of it"))
+    # The whole layer travels, whatever the selection: the server finds the faces in it (a
+    # selected cheek alone holds no face), and GIMP applies the result through the selection.
+    region = protocol.Region(0, 0, *size)
 
     # A plain babl name such as "R'G'B'A u16" means sRGB primaries.  When the layer already
     # stores fmt.babl, use its own format's name, which carries its colour space ("...-<space>"):
@@ -184,32 +186,25 @@ def _write_result(image, layer, job, pixels, mode, skin):
         target.set_name(LAYER_NAME)
         image.insert_layer(target, layer.get_parent(), image.get_item_position(layer))
 
-    if mode == "new-layer-mask":
-        # The layer mask does the blending (from the selection, or white), so the whole region
-        # goes in unblended and stays editable.  The layer is new: its undo is the insertion.
+    if mode in ("new-layer-mask", "new-layer-skin-mask"):
+        # The layer mask does the blending, so the whole region goes in unblended and stays
+        # editable.  The layer is new: its undo is the insertion.
         if target.get_mask() is not None:
             target.remove_mask(Gimp.MaskApplyMode.DISCARD)
         buffer = target.get_buffer()
         buffer.set(rect, fmt, pixels)
         buffer.flush()
-        selected = not Gimp.Selection.is_empty(image)
-        mask = target.create_mask(Gimp.AddMaskType.SELECTION if selected
-                                  else Gimp.AddMaskType.WHITE)
-        target.add_mask(mask)
-    elif mode == "new-layer-skin-mask":
-        # The retouched region in full, and the skin mask the server applied as the layer mask:
-        # the retoucher paints it to keep or extend the edit. Outside the region: masked.
-        if target.get_mask() is not None:
-            target.remove_mask(Gimp.MaskApplyMode.DISCARD)
-        buffer = target.get_buffer()
-        buffer.set(rect, fmt, pixels)
-        buffer.flush()
-        mask = target.create_mask(Gimp.AddMaskType.BLACK)
-        target.add_mask(mask)
-        mask_buffer = mask.get_buffer()
-        mask_buffer.set(rect, protocol.mask_babl(job.fmt), skin)
-        mask_buffer.flush()
-        mask.update(region.x, region.y, region.width, region.height)
+        if mode == "new-layer-mask":  # from the selection, or white
+            selected = not Gimp.Selection.is_empty(image)
+            target.add_mask(target.create_mask(Gimp.AddMaskType.SELECTION if selected
+                                               else Gimp.AddMaskType.WHITE))
+        else:  # the skin the server retouched, for the retoucher to paint; masked elsewhere
+            mask = target.create_mask(Gimp.AddMaskType.BLACK)
+            target.add_mask(mask)
+            mask_buffer = mask.get_buffer()
+            mask_buffer.set(rect, protocol.mask_babl(job.fmt), skin)
+            mask_buffer.flush()
+            mask.update(region.x, region.y, region.width, region.height)
     else:
         # Shadow buffer + merge: GIMP composites through the selection (feathering included)
         # and pushes one undo step, exactly as its own filters do.
@@ -237,9 +232,10 @@ class AutoRetouch(Gimp.PlugIn):
         procedure.add_menu_path("<Image>/Filters/Enhance")
         procedure.set_documentation(
             _("Retouch faces automatically (AutoRetouch server)"),
-            _("Sends the active layer, or the selected part of it, to a running AutoRetouch "
-              "server (`autoretouch-server`) and puts the retouched pixels back at the image's "
-              "precision: as a new layer, a new layer with a mask, or in place."),
+            _("Sends the active layer to a running AutoRetouch server (`autoretouch-server`), "
+              "which retouches the skin of every face in it, and puts the result back at the "
+              "image's precision, through the selection if there is one: as a new layer, a new "
+              "layer with a mask from the selection or from the skin, or in place."),
             name)
         procedure.set_attribution("AutoRetouch", "AutoRetouch", "2026")
 
