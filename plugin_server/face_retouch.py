@@ -131,14 +131,18 @@ def face_residual(
     native = np.clip(np.nan_to_num(rgb.astype(np.float32) / _SCALE[image.dtype]), 0.0, 1.0)
     scale = working_scale(model, face)
     size = (max(1, round((y1 - y0) * scale)), max(1, round((x1 - x0) * scale)))
-    work = _resize(native, size) if scale != 1.0 else native
+    work = resize(native, size) if scale != 1.0 else native
     out = engine.retouch(np.ascontiguousarray(work), model, options, progress, cancel)
     residual = out - work
-    return _resize(residual, native.shape[:2]) if scale != 1.0 else residual
+    return resize(residual, native.shape[:2]) if scale != 1.0 else residual
 
 
-def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(h, w, 3) float32 to ``size``, bicubic with antialiasing when shrinking."""
+def resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w, 3) float32 to ``size``, bicubic with antialiasing when shrinking.
+
+    The one resampler between native and working scale: the trainer resamples its pairs with it
+    too (``training/face_scale.py``), so a model sees faces at training as it does here.
+    """
     x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None]  # (1, 3, h, w)
     shrink = size[0] < pixels.shape[0] or size[1] < pixels.shape[1]
     y = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=shrink)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from training.state import load_training
@@ -16,10 +17,12 @@ from train_fixtures import ffhqr, tiny_config  # noqa: F401  (fixtures)
 WORKER = Path(__file__).with_name("train_fixtures.py")
 
 
-def test_two_cpu_ranks_train_and_hold_identical_weights(ffhqr: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("face_scale", [0.0, 256.0])
+def test_two_cpu_ranks_train_and_hold_identical_weights(ffhqr: Path, tmp_path: Path, face_scale: float) -> None:
     # 5 pairs, 2 ranks, batch 1: each rank takes 2 steps on its own pairs; with the RaGAN term
-    # on, the running averages are gathered across ranks too.
-    config = tiny_config(ffhqr, None, beta=0.0, batch_size=1)
+    # on, the running averages are gathered across ranks too. At a face scale, each rank finds
+    # the faces of half the pairs and both train on the gathered IODs.
+    config = tiny_config(ffhqr, None, beta=0.0, batch_size=1, face_scale=face_scale)
     (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     proc = subprocess.run(
@@ -37,6 +40,8 @@ def test_two_cpu_ranks_train_and_hold_identical_weights(ffhqr: Path, tmp_path: P
     assert not any(k.startswith("module.") for k in saved["generator"])  # saved unwrapped
     assert any(not torch.equal(rank0[k], v) for k, v in _initial(config).items())  # it did train
     assert "2 process(es)" in proc.stderr
+    if face_scale:  # the 5 training pairs and the validation one, measured once
+        assert len(json.loads((tmp_path / "run" / "faces.json").read_text())["iods"]) == 6
 
 
 def _initial(config) -> dict[str, torch.Tensor]:

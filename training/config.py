@@ -8,6 +8,7 @@ the run.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -37,6 +38,9 @@ class TrainConfig:
     background_prob: float = 0.2  # share of windows drawn uniformly from the whole image
     mirror: bool = True
     colour_jitter: float = 0.05  # max relative brightness/contrast/saturation change
+    # > 0: every pair is resampled so its largest face's IOD (eye centre to eye centre) is this
+    # many px, and the exported model declares that scale; 0: photos as they are ("native").
+    face_scale: float = 0.0
     # model
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     disc_channels: int = 64
@@ -77,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"background_prob must be in [0, 1], got {self.background_prob}")
         if self.keep_weight <= 0:
             raise ValueError(f"keep_weight must be > 0, got {self.keep_weight}")
+        if not (self.face_scale >= 0 and math.isfinite(self.face_scale)):
+            raise ValueError(f"face_scale must be 0 (native) or a positive IOD in pixels, got {self.face_scale}")
         if self.ragan_window < 1:
             raise ValueError(f"ragan_window must be >= 1, got {self.ragan_window}")
 

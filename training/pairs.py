@@ -198,8 +198,16 @@ def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
 
 
 def to_float(image: np.ndarray) -> np.ndarray:
-    """uint8 or uint16 (H, W, 3) to float32 in [0, 1]."""
-    return image.astype(np.float32) / float(np.iinfo(image.dtype).max)
+    """uint8 or uint16 (H, W, 3) to float32 in [0, 1]; float32 (pairs resampled to a face
+    scale, ``face_scale.FaceScaledPairs``) as it is."""
+    if image.dtype == np.float32:
+        return image
+    return image.astype(np.float32) / full_scale(image.dtype)
+
+
+def full_scale(dtype: np.dtype) -> float:
+    """The value of white: 255, 65535, or 1.0 for float32."""
+    return 1.0 if dtype == np.float32 else float(np.iinfo(dtype).max)
 
 
 def check_pairs(root: Path, layout: str = "auto", workers: int = 4) -> CheckReport:

@@ -84,7 +84,15 @@ class RunState:
 
     def metadata(self) -> dict[str, Any]:
         """What a served model says about the run it came from."""
-        return {"trained_on": self.config.data, "epochs": self.epoch, "steps": self.step, "train_command": self.command}
+        return {
+            "trained_on": self.config.data, "epochs": self.epoch, "steps": self.step, "train_command": self.command,
+            "scale": self.config.face_scale or "native",  # IOD in px the faces were trained at
+        }
+
+    @property
+    def scale(self) -> float | None:
+        """The served model's scale: the IOD it was trained at, None for native (``Model.scale``)."""
+        return self.config.face_scale or None
 
 
 def capture_rng() -> dict[str, Any]:
@@ -125,7 +133,7 @@ def load_any_generator(path: str | os.PathLike) -> Model:
         state = RunState.from_payload(load_training(path))
     except CheckpointError:
         return server_checkpoint.load(path)
-    return Model(state.generator(), metadata=state.metadata())
+    return Model(state.generator(), scale=state.scale, metadata=state.metadata())
 
 
 def export(
@@ -135,7 +143,8 @@ def export(
     """Write a training checkpoint's generator in the server's format, with where it came from.
 
     ``residual_floor`` (in [0, 1] units) sets the served model's inference-time edit floor; the
-    weights are the same, training never applies it.
+    weights are the same, training never applies it. The model's scale is the run's
+    ``face_scale`` (native for runs without one, and for checkpoints older than it).
     """
     state = RunState.from_payload(load_training(train_checkpoint))
     metadata = {
@@ -151,6 +160,6 @@ def export(
         source = load_any_generator(state.config.init).metadata
         keys = ("trained_on", "epochs", "steps", "train_command")
         metadata["init"] = {"checkpoint": state.config.init, **{k: source.get(k) for k in keys}}
-    model = Model(state.generator(), residual_floor=residual_floor or 0.0, metadata=metadata)
+    model = Model(state.generator(), residual_floor=residual_floor or 0.0, scale=state.scale, metadata=metadata)
     server_checkpoint.save(out, model)
     return Path(out)

@@ -22,9 +22,9 @@ import json
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -39,12 +39,13 @@ from plugin_server.model import Generator
 
 from .config import TrainConfig
 from .evaluate import evaluate
+from .face_scale import FACES_FILE, FaceScaledPairs, measure_iods, read_iods, write_iods
 from .pairs import list_pairs
 from .report import JsonlLog, Progress, plot_losses, save_grid
 from .state import RunState, capture_rng, load_any_generator, load_training, restore_rng, save_training
 from .step import Models, build_models, train_step
 from .vgg import load_vgg19_features
-from .windows import FilePairs, WindowDataset, WindowSpec, collate_windows, epoch_batches
+from .windows import FilePairs, PairSource, WindowDataset, WindowSpec, collate_windows, epoch_batches
 
 GRID_IMAGES = 3
 # Training runs under autocast over fp32 weights, where bf16 is safe for any generator.
@@ -92,20 +93,26 @@ def _train(
     state = _resumed(config, run_dir) if resume else RunState(config)
     config, state.command = state.config, command
 
-    dataset, val_source = _datasets(config)
+    progress = Progress(0)  # its total is known once the data is
+    dataset, val_source, left_out = _datasets(config, run_dir, rank, world, progress.message if master else None)
     steps_per_epoch = len(epoch_batches(len(dataset), config.batch_size, 0, config.seed, rank, world))
     precision = resolve_precision(config.precision, device, safe=TRAIN_PRECISIONS)
     m = _models(config, device, DTYPES[precision] if precision != "fp32" else None, state if resume else None, rank, world)
 
     log = JsonlLog(run_dir / "log.jsonl")
-    progress = Progress(steps_per_epoch * config.epochs)
+    progress.total = steps_per_epoch * config.epochs
     if master:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         progress.message(
             f"{len(dataset)} training pairs, {len(val_source)} validation pairs, {world} process(es) on {device}, "
             f"{precision}, {steps_per_epoch} steps per epoch" + (f", resuming at step {state.step}" if resume else "")
+            + (f", faces resampled to an IOD of {config.face_scale:g} px" if config.face_scale else "")
         )
+        if left_out:
+            log.write({"kind": "left_out", "count": len(left_out), "files": [{"name": n, "why": why} for n, why in left_out]})
+            shown = ", ".join(f"{n} ({why})" for n, why in left_out[:5]) + (", ..." if len(left_out) > 5 else "")
+            progress.message(f"left out {len(left_out)} pair(s) with no face to scale by (see log.jsonl): {shown}")
 
     # --- the loop ---------------------------------------------------------------------------
     stopped = False
@@ -160,16 +167,51 @@ def _train(
     return TrainResult(m.raw_generator, state.epoch, state.step, state.metrics, run_dir)
 
 
-def _datasets(config: TrainConfig) -> tuple[WindowDataset, FilePairs]:
-    """Random training windows and whole validation pairs, as the config lays them out."""
+def _datasets(
+    config: TrainConfig, run_dir: Path, rank: int, world: int, note: Callable[[str], None] | None = None
+) -> tuple[WindowDataset, PairSource, list[tuple[str, str]]]:
+    """Random training windows, whole validation pairs, and the pairs left out (name, why)."""
     root, split_args = Path(config.data), dict(val_fraction=config.val_fraction, test_fraction=config.test_fraction)
     train_listing = list_pairs(root, config.layout, "train", **split_args)
     if not train_listing.pairs:
         raise DataError(f"no training pairs found in {root} (run `autoretouch-train check --data {root}`)")
+    val_listing = list_pairs(root, config.layout, "val", **split_args)
+    train_source: PairSource = FilePairs(train_listing)
+    val_source: PairSource = FilePairs(val_listing)
+    left_out: list[tuple[str, str]] = []
+    if config.face_scale:
+        if config.val_images:  # validation reads only the first ones: detect faces there only
+            val_source = FilePairs(replace(val_listing, pairs=val_listing.pairs[: config.val_images]))
+        iods = _face_iods([train_source, val_source], run_dir, rank, world, note)
+        train_source = FaceScaledPairs(train_source, config.face_scale, iods)
+        val_source = FaceScaledPairs(val_source, config.face_scale, iods)
+        left_out = train_source.left_out + val_source.left_out
+        if not len(train_source):
+            raise DataError(f"no face found in any training pair of {root}: --face-scale needs portraits")
     focus = config.focus if config.focus != "auto" else ("center" if train_listing.aligned else "edits")
     spec = WindowSpec(config.window, focus, config.background_prob, config.mirror, config.colour_jitter)
-    dataset = WindowDataset(FilePairs(train_listing), spec, seed=config.seed)
-    return dataset, FilePairs(list_pairs(root, config.layout, "val", **split_args))
+    return WindowDataset(train_source, spec, seed=config.seed), val_source, left_out
+
+
+def _face_iods(
+    sources: list[PairSource], run_dir: Path, rank: int, world: int, note: Callable[[str], None] | None
+) -> dict[str, float | str]:
+    """Every pair's face IOD, the same on every rank: what ``faces.json`` holds, and the rest
+    measured once, each rank a share, then gathered (face finding is 0.1-1 s a photo)."""
+    cache = run_dir / FACES_FILE
+    iods = read_iods(cache)
+    todo = [(source, i) for source in sources for i in range(len(source)) if source.name(i) not in iods]
+    if todo and note:  # this can take a while on a large data set: say what is happening
+        note(f"finding the faces of {len(todo)} pairs on {world} process(es), once (kept in {cache})")
+    mine: dict[str, float | str] = {}
+    for source, index in todo[rank::world]:
+        mine |= measure_iods(source, [index])
+    for share in _gather_objects(mine):
+        iods |= share
+    if todo and rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_iods(cache, iods)
+    return iods
 
 
 def _models(
@@ -248,7 +290,7 @@ def _init_generator(generator: Generator, path: str) -> None:
 
 
 def _validate(
-    m: Models, source: FilePairs, config: TrainConfig, device: torch.device, run_dir: Path,
+    m: Models, source: PairSource, config: TrainConfig, device: torch.device, run_dir: Path,
     state: RunState, log: JsonlLog, progress: Progress,
 ) -> dict[str, float]:
     """Whole-image validation on rank 0, a grid of examples and the loss plot; returns the metrics."""

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from plugin_server.errors import BadImageError, DataError
 
-from .pairs import Listing, read_pair, to_float
+from .pairs import Listing, full_scale, read_pair, to_float
 
 # For face-aligned photos (FFHQ), the face fills roughly this central box (fractions of W, H).
 FACE_BOX = (0.25, 0.75, 0.25, 0.8)  # x0, x1, y0, y1
@@ -128,8 +128,9 @@ class WindowDataset(Dataset):
 
 def _edited_pixel(before: np.ndarray, after: np.ndarray, rng: np.random.Generator, step: int = 4) -> tuple[float, float]:
     """A random pixel the retoucher changed (searched on a coarse grid to stay cheap on 24 MP)."""
-    level = EDIT_LEVEL * np.iinfo(before.dtype).max
-    diff = np.abs(before[::step, ::step].astype(np.int32) - after[::step, ::step].astype(np.int32))
+    level = EDIT_LEVEL * full_scale(before.dtype)
+    # float32 holds every 8/16-bit difference exactly, and float pairs (face-scaled) as they are.
+    diff = np.abs(before[::step, ::step].astype(np.float32) - after[::step, ::step].astype(np.float32))
     ys, xs = np.nonzero(diff.max(axis=2) > level)
     if len(ys) == 0:
         return rng.uniform(0, before.shape[0]), rng.uniform(0, before.shape[1])
