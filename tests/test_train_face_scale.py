@@ -14,10 +14,11 @@ from PIL import Image
 
 from plugin_server import checkpoint as server_checkpoint
 from plugin_server import landmarks
+from plugin_server.errors import DataError
 from plugin_server.face_retouch import resize
 from training.cli import main
 from training.config import TrainConfig
-from training.face_scale import FACES_FILE, NO_FACE, FaceScaledPairs, measure_iods
+from training.face_scale import FACES_FILE, NO_FACE, FaceScaledPairs, measure_iods, read_iods
 from training.pairs import list_pairs
 from training.state import export, load_training
 from training.train import _datasets, train
@@ -112,3 +113,9 @@ def test_a_face_scale_run_leaves_out_faceless_pairs_and_exports_its_scale(
     torch.save(payload, tmp_path / "old.pt")
     old = server_checkpoint.load(export(tmp_path / "old.pt", tmp_path / "old-model.pt"))
     assert old.scale is None and old.metadata["scale"] == "native"
+
+
+def test_a_damaged_faces_file_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / FACES_FILE).write_text('{"iods": [')
+    with pytest.raises(DataError, match="delete it to find the faces again"):
+        read_iods(tmp_path / FACES_FILE)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from plugin_server.errors import BadImageError
+from plugin_server.errors import BadImageError, DataError
 from plugin_server.face_retouch import resize
 
 from .pairs import to_float
@@ -64,7 +64,11 @@ def read_iods(path: Path) -> dict[str, float | str]:
     """The IODs a run measured before ({} when there are none)."""
     if not path.is_file():
         return {}
-    return {name: NO_FACE if iod is None else float(iod) for name, iod in json.loads(path.read_text())["iods"].items()}
+    try:
+        iods = json.loads(path.read_text())["iods"]
+        return {str(name): NO_FACE if iod is None else float(iod) for name, iod in iods.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{path} is not a list of face sizes ({exc}); delete it to find the faces again") from exc
 
 
 def write_iods(path: Path, iods: Mapping[str, float | str]) -> None:
