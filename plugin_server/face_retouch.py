@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import engine
+from .devices import resolve_device
 from .faces import Face, skin_mask
 from .model import Model
 from .wire import RetouchOptions
@@ -66,6 +67,8 @@ def retouch(
     engine.check_image(image)
     if not options.faces:
         return Result(engine.retouch(image, model, options, progress, cancel), None)
+    # Refuse an impossible device or precision now, not only once a face is found.
+    engine.precision_for(model, resolve_device(options.device), options.precision)
     if find is None:
         from .landmarks import find_faces as find
     faces = find(image, options.min_iod)

@@ -55,9 +55,11 @@ class GeneratorConfig:
 
     def parameter_count(self) -> int:
         """Weights and biases a generator of this config has, known before building it."""
-        k2, cf, cb = self.kernel_size**2, self.full_channels, self.body_channels
-        convs = [(IMAGE_CHANNELS, cf), (cf, cb), *[(cb, cb)] * (2 * self.blocks), (cb, 4 * cf), (cf, IMAGE_CHANNELS)]
-        return sum(cin * cout * k2 + cout for cin, cout in convs)
+        k2, cf, cb, c = self.kernel_size**2, self.full_channels, self.body_channels, IMAGE_CHANNELS
+        def conv(cin: int, cout: int) -> int:
+            return cin * cout * k2 + cout
+        # head, down, the blocks' two convs each, up (to 4 cf for the pixel shuffle), tail
+        return conv(c, cf) + conv(cf, cb) + 2 * self.blocks * conv(cb, cb) + conv(cb, 4 * cf) + conv(cf, c)
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:

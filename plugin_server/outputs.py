@@ -29,13 +29,22 @@ def check_output(target: Path, protected: Iterable[Path]) -> Path:
         raise BadOptionError(f"{target} is a folder; give the output a file name such as {target / 'retouched.jpg'}")
     for guarded in protected:
         guarded = real(guarded)
-        if where == guarded or guarded in where.parents:
+        is_input = where == guarded or _same_file(where, guarded)
+        if is_input or guarded in where.parents:
             raise BadOptionError(
                 f"{target} would be written at {where}, which is "
-                f"{'an input' if where == guarded else f'inside the input folder {guarded}'}; "
+                f"{'an input' if is_input else f'inside the input folder {guarded}'}; "
                 "choose an output outside the inputs so no original is overwritten"
             )
     return where
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """A hard link of an input is that input too."""
+    try:
+        return a.is_file() and b.is_file() and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def prepare_folder(target: Path, protected: Iterable[Path], create: bool = True) -> None:
