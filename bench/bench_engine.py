@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from plugin_server import checkpoint, imageio
-from plugin_server.engine import auto_tile, retouch
-from plugin_server.model import Generator
+from plugin_server import checkpoint, engine, imageio
+from plugin_server.engine import auto_tile
+from plugin_server.model import Generator, Model
 from plugin_server.tiling import TilePlan
+from plugin_server.wire import RetouchOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 PORTRAIT = ROOT.parent / "shared" / "data" / "portraits" / "pexels-ike-louie-natividad-2709388.jpg"
@@ -47,14 +48,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def retouch(image: np.ndarray, generator: Generator, floor: float = 0.0, **options) -> np.ndarray:
+    """The engine on a bare generator (served without a floor unless given one)."""
+    return engine.retouch(image, Model(generator, residual_floor=floor), RetouchOptions(**options))
+
+
 def model() -> Generator:
     torch.manual_seed(0)
     return Generator().eval()
 
 
-def starter() -> Generator:
+def starter() -> Model:
     """The bundled starter model: the default network with trained weights and an edit floor."""
-    return checkpoint.load(checkpoint.BUNDLED)[0].eval()
+    return checkpoint.load(checkpoint.BUNDLED)
 
 
 def window_side(image: np.ndarray, generator: Generator) -> int:
@@ -65,7 +71,9 @@ def window_side(image: np.ndarray, generator: Generator) -> int:
 
 
 def run_method(method: str, image: np.ndarray, generator: Generator) -> np.ndarray:
-    if method in ("engine", "starter"):
+    if method == "starter":
+        return engine.retouch(image, generator)  # a Model: its own floor
+    if method == "engine":
         return retouch(image, generator)
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W) NCHW fp32
     with torch.inference_mode():
@@ -153,7 +161,7 @@ def big_tiff_through_cli(tmp: Path, photo: np.ndarray) -> dict:
     src, dst, ckpt = tmp / "big.tif", tmp / "big-out.tif", tmp / "model.pt"
     imageio.write(src, imageio.Picture(big, "tiff"))
     del big
-    checkpoint.save(ckpt, model())
+    checkpoint.save(ckpt, Model(model()))
     return child("cli", str(src), str(dst), str(ckpt), timeout=3600)
 
 
@@ -161,7 +169,7 @@ def cli_worker(src: str, dst: str, ckpt: str) -> None:
     from plugin_server.cli import main as cli_main
 
     start = time.perf_counter()
-    code = cli_main(["retouch", src, dst, "--checkpoint", ckpt])
+    code = cli_main(["retouch", src, dst, "--checkpoint", ckpt, "--no-faces"])  # the whole image, as before faces
     print(json.dumps({"exit": code, "seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}))
 
 

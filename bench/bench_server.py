@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from plugin_server import checkpoint, engine, imageio
-from plugin_server.model import Generator, GeneratorConfig
+from plugin_server.model import Generator, GeneratorConfig, Model
+from plugin_server.wire import RetouchOptions
 
 PHOTO = Path(__file__).resolve().parent.parent.parent / "shared/data/portraits/pexels-ike-louie-natividad-2709388.jpg"
 RESULTS = Path(__file__).resolve().parent / "results" / "server.json"
@@ -49,18 +50,19 @@ def main(argv: list[str] | None = None) -> dict:
         tmp = Path(tmp)
         torch.manual_seed(0)
         ckpt = tmp / "g.pt"
-        checkpoint.save(ckpt, Generator(config))
+        checkpoint.save(ckpt, Model(Generator(config)))
         jpeg = PHOTO.read_bytes()
         picture = imageio.decode(jpeg)
         tiff = imageio.encode(imageio.Picture(picture.pixels.astype(np.uint16) * 257, "tiff", picture.icc_profile))
         del picture
-        generator, _ = checkpoint.load(ckpt)
+        model = checkpoint.load(ckpt)
+        options = RetouchOptions(faces=False, tile_size=TILE, device="cpu")  # the whole image on both sides
         rows = []
         server = start_server(ckpt, "--tile-size", str(TILE), "--max-pixels", "30000000")
         try:
             for name, data, mime in (("24 MP JPEG", jpeg, "image/jpeg"), ("24 MP 16-bit TIFF", tiff, "image/tiff")):
                 local = _median(args.runs, lambda: imageio.encode(
-                    (p := imageio.decode(data)).with_pixels(engine.retouch(p.pixels, generator, tile_size=TILE, device="cpu"))))
+                    (p := imageio.decode(data)).with_pixels(engine.retouch(p.pixels, model, options))))
                 remote = _median(args.runs, lambda: _post(server.url, data, mime))
                 rows.append({"image": name, "bytes": len(data), "in_process_s": local, "http_s": remote,
                              "ratio": remote / local})
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _post(url: str, data: bytes, mime: str) -> bytes:
-    request = urllib.request.Request(f"{url}/v1/retouch", data=data, method="POST", headers={"Content-Type": mime})
+    request = urllib.request.Request(f"{url}/v1/retouch?faces=false", data=data, method="POST", headers={"Content-Type": mime})
     with urllib.request.urlopen(request, timeout=1800) as response:
         return response.read()
 

@@ -21,16 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conftest import SHARED_DATA, make_edit_generator
+from conftest import SHARED_DATA, make_edit_model
 from plugin_server import checkpoint
+from plugin_server.wire import RetouchOptions
 
 PORTRAITS = SHARED_DATA / "portraits"
 TILE = 128  # small tiles: quick cancellation, and the same tiling in-process
+# Face finding off: the whole image goes through the engine, so answers can be compared with
+# engine.retouch pixel for pixel (face-aware retouching has its own tests, tests/test_faces.py).
+WHOLE = "faces=false"
+WHOLE_IMAGE = RetouchOptions(faces=False)
 
 
 def make_checkpoint(path: Path) -> Path:
     """A seeded generator whose edit is clearly visible, saved as a checkpoint."""
-    checkpoint.save(path, make_edit_generator(), {"trained_on": "nothing (test weights)"})
+    checkpoint.save(path, make_edit_model(metadata={"trained_on": "nothing (test weights)"}))
     return path
 
 
@@ -70,6 +75,14 @@ class ServerProcess:
             return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
         finally:
             conn.close()
+
+    def raw(self, request: bytes, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+        """Send ``request`` as written (e.g. with no Host header at all) and read the whole answer."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            sock.sendall(request)
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
 
     def json(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
         status, _, body = self.request(method, path, **kwargs)
@@ -156,5 +169,4 @@ def expected(ckpt: Path, pixels, strength: float = 1.0):
     """The in-process engine's answer, tiled as the test servers tile."""
     from plugin_server import engine
 
-    generator, _ = checkpoint.load(ckpt)
-    return engine.retouch(pixels, generator, strength=strength, tile_size=TILE, device="cpu")
+    return engine.retouch(pixels, checkpoint.load(ckpt), RetouchOptions(strength=strength, tile_size=TILE, device="cpu"))

@@ -7,12 +7,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_edit_generator
-from plugin_server.engine import retouch
+from plugin_server import engine
 from plugin_server.errors import BadImageError, BadOptionError, CancelledError, OutOfMemoryError
-from plugin_server.model import Generator, GeneratorConfig
+from plugin_server.model import Generator, GeneratorConfig, Model
+from plugin_server.wire import RetouchOptions
 
 SMALL = GeneratorConfig(full_channels=4, body_channels=8, blocks=2)
 DTYPES = {np.uint8: 255, np.uint16: 65535, np.float32: 1.0}
+
+
+def retouch(image, model, progress=None, cancel=None, **options):
+    """The engine with options as keywords; a bare generator is served as it is (no floor)."""
+    model = model if isinstance(model, Model) else Model(model)
+    return engine.retouch(image, model, RetouchOptions(**options), progress=progress, cancel=cancel)
 
 
 def random_image(rng, h, w, c, dtype):
@@ -138,21 +145,37 @@ def test_bf16_on_cpu_runs_close_to_fp32(portrait_crop, edit_generator):
 
 
 @pytest.mark.parametrize(
-    "kwargs, error, words",
+    "kwargs, words",
     [
-        (dict(strength=-0.1), BadOptionError, "between 0 and 2"),
-        (dict(strength=2.5), BadOptionError, "between 0 and 2"),
-        (dict(strength=float("nan")), BadOptionError, "between 0 and 2"),
-        (dict(precision="fp8"), BadOptionError, "unknown precision"),
-        (dict(device="tpu"), BadOptionError, "device"),
-        (dict(device="cuda:7"), BadOptionError, "CUDA"),
-        (dict(tile_size=-4), BadOptionError, "tile size"),
+        (dict(strength=-0.1), "from 0 to 2"),
+        (dict(strength=2.5), "from 0 to 2"),
+        (dict(strength=float("nan")), "from 0 to 2"),
+        (dict(strength=True), "from 0 to 2"),
+        (dict(precision="fp8"), "unknown precision"),
+        (dict(device="tpu"), "device"),
+        (dict(device="cuda:7"), "CUDA"),  # a valid name, refused by the engine on this machine
+        (dict(tile_size=-4), "tile size"),
+        (dict(tile_size=True), "tile size"),
+        (dict(tile_size=16.5), "tile size"),
     ],
 )
-def test_bad_options_are_clear(kwargs, error, words, edit_generator):
+def test_bad_options_are_clear(kwargs, words, edit_generator):
     image = np.zeros((8, 8, 3), np.uint8)
-    with pytest.raises(error, match=words):
+    with pytest.raises(BadOptionError, match=words):
         retouch(image, edit_generator, **kwargs)
+
+
+class Fp32Only(Generator):
+    precisions = ("fp32",)
+
+
+def test_a_precision_the_model_does_not_declare_is_refused(edit_generator):
+    generator = Fp32Only(edit_generator.config)
+    generator.load_state_dict(edit_generator.state_dict())
+    image = random_image(np.random.default_rng(5), 20, 20, 3, np.uint8)
+    with pytest.raises(BadOptionError, match="not accurate in bf16"):
+        retouch(image, generator, precision="bf16")
+    assert np.array_equal(retouch(image, generator, precision="fp32"), retouch(image, edit_generator))
 
 
 @pytest.mark.parametrize(
@@ -168,3 +191,104 @@ def test_bad_options_are_clear(kwargs, error, words, edit_generator):
 def test_bad_images_are_clear(image, words, edit_generator):
     with pytest.raises(BadImageError, match=words):
         retouch(image, edit_generator)
+
+
+# --------------------------------------------------------------------------------------------
+# The engine against the network itself: round(x + s * (G(x) - x)), computed here with torch.
+# Every other engine test compares the engine with itself; these catch a wrong sign, swapped or
+# dropped channels, an ignored strength or floor, a wrong scale or rounding, edited alpha.
+# Checked by breaking engine.py (then restoring it): `x - strength * residual`, channels
+# reversed (`y.flip(3)`), strength ignored, the floor ignored, alpha overwritten: each fails here.
+
+
+def direct(image: np.ndarray, generator: Generator, strength: float, floor: float) -> np.ndarray:
+    """What the engine must return, from one whole-image forward pass of the network."""
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.float32): 1.0}[image.dtype]
+    colour = image[..., :3] if image.shape[2] >= 3 else np.repeat(image, 3, axis=2)
+    x = torch.from_numpy(colour.astype(np.float32) / np.float32(scale)).permute(2, 0, 1)[None]  # (1, 3, H, W)
+    with torch.no_grad():
+        edit = generator.residual(x)  # R(x) = G(x) - x, without the rounding error of subtracting x back
+        assert torch.allclose(generator(x) - x, edit, atol=1e-6)
+    edit = torch.sign(edit) * (edit.abs() - floor).clamp(min=0.0)
+    y = (x + strength * edit)[0].permute(1, 2, 0).double()  # (H, W, 3)
+    if image.shape[2] == 1:
+        y = y.mean(dim=2, keepdim=True)
+    y = y.numpy()
+    out = image.copy()
+    if scale != 1.0:
+        out[..., :y.shape[2]] = np.clip(np.round(y * scale), 0, scale).astype(image.dtype)
+    else:
+        out[..., :y.shape[2]] = y.astype(np.float32)
+    return out
+
+
+def _variant(crop: np.ndarray, kind: str) -> np.ndarray:
+    h, w, _ = crop.shape
+    alpha = np.linspace(0, 255, h * w).reshape(h, w, 1).astype(np.uint8)
+    return {
+        "rgb-u8": crop,
+        "rgb-u16": crop.astype(np.uint16) * 257 + (np.arange(h * w * 3).reshape(h, w, 3) % 200).astype(np.uint16),
+        "gray-u8": crop.mean(axis=2, keepdims=True).round().astype(np.uint8),
+        "gray-u16": crop.mean(axis=2, keepdims=True).round().astype(np.uint16) * 257,
+        "rgba-u8": np.concatenate([crop, alpha], axis=2),
+        "rgba-u16": np.concatenate([crop, alpha], axis=2).astype(np.uint16) * 257,
+        "rgb-f32": crop.astype(np.float32) / 255,
+    }[kind]
+
+
+@pytest.mark.parametrize("kind", ["rgb-u8", "rgb-u16", "gray-u8", "gray-u16", "rgba-u8", "rgba-u16", "rgb-f32"])
+@pytest.mark.parametrize("strength, floor", [(1.0, 0.0), (0.6, 0.0), (1.4, 4 / 255)],
+                         ids=["s1", "s0.6", "s1.4-floor"])
+@pytest.mark.parametrize("tile", [0, 48], ids=["whole", "tiled"])
+def test_retouch_is_x_plus_strength_times_the_networks_edit(portrait_crop, edit_generator, kind, strength, floor, tile):
+    image = _variant(portrait_crop[:96, :80], kind)
+    model = Model(edit_generator, residual_floor=floor)
+    got = engine.retouch(image, model, RetouchOptions(strength=strength, tile_size=tile, device="cpu"))
+    want = direct(image, edit_generator, strength, floor)
+    assert got.shape == image.shape and got.dtype == image.dtype
+    if image.shape[2] == 4:
+        assert np.array_equal(got[..., 3], image[..., 3])  # alpha untouched
+    colour = slice(0, min(image.shape[2], 3))
+    if image.dtype == np.float32:
+        np.testing.assert_allclose(got, want, atol=2e-6)
+    else:
+        off = np.abs(got[..., colour].astype(np.int64) - want[..., colour])
+        # float summation order differs from one forward pass to another: a value that sits on
+        # a rounding boundary may land one level off (more often at 16 bits), never more.
+        assert off.max() <= 1 and (off > 0).mean() < (0.002 if image.dtype == np.uint8 else 0.02), \
+            (off.max(), (off > 0).mean())
+    moved = np.abs(got[..., colour].astype(np.float64) - image[..., colour]) * (255 / engine._SCALE[image.dtype])
+    assert (moved > 2).mean() > 0.2, "the edit is too small for this check to mean anything"
+
+
+def test_floor_leaves_small_edits_exactly_unchanged(portrait_crop, edit_generator):
+    image = portrait_crop[:64, :64]
+    plain = engine.retouch(image, Model(edit_generator), RetouchOptions(tile_size=0))
+    floored = engine.retouch(image, Model(edit_generator, residual_floor=40 / 255), RetouchOptions(tile_size=0))
+    # edits of at most 39 levels (before rounding: < 40), where no clipping at 0 or 255 hides a larger one
+    small = (np.abs(plain.astype(int) - image) <= 39) & (plain > 0) & (plain < 255)
+    assert small.any() and (~small).any()
+    assert np.array_equal(floored[small], image[small])
+    assert not np.array_equal(floored, image)
+
+
+def test_non_finite_and_out_of_range_floats_do_not_spread(edit_generator):
+    rng = np.random.default_rng(6)
+    image = random_image(rng, 64, 64, 3, np.float32)
+    clean = image.copy()
+    bad = {(10, 10): np.nan, (30, 40): np.inf, (50, 20): -np.inf, (20, 50): 1e6, (40, 8): -3.0}
+    for (y, x), value in bad.items():
+        image[y, x, 1] = value
+        clean[y, x, 1] = 0.0 if np.isnan(value) else min(max(value, 0.0), 1.0)  # what the network sees
+    out = retouch(image, edit_generator, tile_size=0)
+    seen = retouch(clean, edit_generator, tile_size=0)
+    assert np.isnan(out[10, 10, 1]) and out[30, 40, 1] == np.inf and out[50, 20, 1] == -np.inf
+    finite = np.isfinite(image)
+    assert np.isfinite(out[finite]).all()  # no neighbour is poisoned
+    others = np.ones(image.shape, bool)
+    for (y, x) in bad:
+        others[y, x, 1] = False
+    np.testing.assert_allclose(out[others], seen[others], atol=1e-6)  # neighbours as if the inputs were in range
+    for (y, x), value in bad.items():  # each out-of-range pixel: itself plus the edit the network made
+        if np.isfinite(value):
+            assert out[y, x, 1] == pytest.approx(value + (seen[y, x, 1] - clean[y, x, 1]), abs=1e-4)

@@ -29,6 +29,7 @@ from PIL import Image
 from conftest import make_edit_generator
 from gimp_chroot import gimp_or_skip
 from plugin_server import checkpoint
+from plugin_server.model import Model
 
 REPO = Path(__file__).resolve().parents[1]
 PORTRAIT = REPO.parent / "shared" / "data" / "portraits" / "ffhq-00001.png"
@@ -58,7 +59,7 @@ def server(tmp_path_factory):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     ckpt = tmp_path_factory.mktemp("ckpt") / "generator.pt"
-    checkpoint.save(ckpt, make_edit_generator())
+    checkpoint.save(ckpt, Model(make_edit_generator()))
     cmd = [sys.executable, "-m", "plugin_server.server.main", "--port", str(port), "--checkpoint", str(ckpt)]
     log = tmp_path_factory.mktemp("server") / "server.log"
     with open(log, "wb") as out:
@@ -116,6 +117,9 @@ def _scenarios(url: str, down_url: str) -> dict:
                              mode="new-layer-mask", url=url, babl="R'G'B' u8"),
         "float_gray_alpha": dict(file="in8.png", prep=[["gray"], ["alpha"], ["float"]],
                                  mode="in-place", url=url, babl="Y'A float"),
+        "u8_skin_mask_mode": dict(file="in8.png", prep=[], mode="new-layer-skin-mask", url=url,
+                                  babl="R'G'B' u8"),
+        "no_face": dict(file="background.png", prep=[], mode="new-layer", url=url, babl="R'G'B' u8"),
         "server_down": dict(file="in8.png", prep=[], mode="in-place", url=down_url,
                             babl="R'G'B' u8"),
     }
@@ -205,6 +209,7 @@ def run(gimp, server, tmp_path_factory):
 
     rgb8 = np.asarray(Image.open(PORTRAIT).convert("RGB"))
     Image.fromarray(rgb8).save(host / "in8.png")
+    Image.fromarray(rgb8[:160, :200]).save(host / "background.png")  # a corner: wall, no face
     _write_png16(host / "in16.png", rgb8.astype(np.uint16) * 257 + np.uint16(3))
 
     down = f"http://127.0.0.1:{_free_port()}"
@@ -237,7 +242,7 @@ def _load(run, name: str, kind: str, babl: str) -> np.ndarray:
 
 
 def _server_retouch(url: str, pixels: np.ndarray) -> np.ndarray:
-    """What the server makes of exactly these pixels (the same region the plug-in sent)."""
+    """What the server makes of exactly these pixels (the whole layer, as the plug-in sends it)."""
     dtype = {np.dtype(np.uint8): "u8", np.dtype("<u2"): "u16", np.dtype("<f4"): "f32"}[pixels.dtype]
     height, width, channels = pixels.shape
     body = msgpack.packb({"width": width, "height": height, "channels": channels, "dtype": dtype,
@@ -306,16 +311,16 @@ def test_selection_in_place_changes_only_the_selection(run):
     outside = np.ones(before.shape[:2], bool)
     outside[inside] = False
     assert np.array_equal(after[outside], before[outside])
-    assert np.array_equal(after[inside], _server_retouch(run["server"], before[inside]))
+    # The whole layer went to the server (its face is found there), and came back through the selection.
+    assert np.array_equal(after[inside], _server_retouch(run["server"], before)[inside])
+    assert not np.array_equal(after[inside], before[inside])
 
 
 def _blend_expected(run, name: str):
     before = _load(run, name, "before", "R'G'B' u8")
     mask = np.frombuffer((run["dir"] / f"{name}.mask").read_bytes(), "<f4").reshape(
         before.shape[0], before.shape[1], 1)
-    rows, cols = _region(mask)
-    retouched = before.astype(np.float64).copy()
-    retouched[rows, cols] = _server_retouch(run["server"], before[rows, cols])
+    retouched = _server_retouch(run["server"], before).astype(np.float64)
     return before, mask, retouched
 
 
@@ -352,6 +357,46 @@ def test_mask_mode_puts_the_blend_in_a_layer_mask(run):
     assert np.array_equal(after[rows, cols], retouched[rows, cols])   # unblended pixels ...
     layer_mask = np.frombuffer((run["dir"] / f"{name}.layermask").read_bytes(), "<f4")
     assert np.allclose(layer_mask.reshape(mask.shape), mask, atol=1 / 255)   # ... and the mask
+
+
+def _server_job_with_mask(url: str, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The server's (result, skin mask) for these pixels through the jobs API with mask=true."""
+    from plugin_server import wire
+    from plugin_server.client import Client
+    from plugin_server.server import protocol
+
+    options = wire.RetouchOptions(strength=STRENGTH, mask=True)
+    reply = Client(url).run_job(protocol.message_for(pixels), wire.MSGPACK_TYPE, options)
+    size = pixels.shape[0] * pixels.shape[1]
+    return (protocol.pixels_from(wire.decode_message(reply.body, size)),
+            protocol.pixels_from(wire.decode_message(reply.mask, size)))
+
+
+def test_skin_mask_mode_puts_the_skin_in_the_layer_mask(run):
+    name = "u8_skin_mask_mode"
+    info = _ok(run, name)
+    assert info["has_mask"] and info["layers"] == ["AutoRetouch", "Background"]
+    before = _load(run, name, "before", "R'G'B' u8")
+    after = _load(run, name, "after", "R'G'B' u8")
+    result, skin = _server_job_with_mask(run["server"], before)
+    assert np.array_equal(after, result)  # the layer: the edit unmasked around the face
+    layer_mask = np.frombuffer((run["dir"] / f"{name}.layermask").read_bytes(), "<f4").reshape(skin.shape)
+    assert np.abs(layer_mask - skin / 255.0).max() <= 0.5 / 255  # the mask: the server's skin mask
+    assert 0.05 < (layer_mask > 0).mean() < 0.6 and layer_mask.max() == 1.0
+    # Composited through its mask, the layer is the retouch where the mask is whole, the source where it is 0.
+    masked = _server_retouch(run["server"], before)
+    full, none = layer_mask[..., 0] == 1.0, layer_mask[..., 0] == 0.0
+    # (a mask of 255 may stand for a feather value just under 1: one level at most)
+    assert np.abs(after[full].astype(int) - masked[full]).max() <= 1
+    assert np.array_equal(masked[none], before[none])
+
+
+def test_no_face_adds_no_layer_and_says_so(run):
+    name = "no_face"
+    info = _ok(run, name)
+    assert info["layers"] == ["Background"] and info["top_is_source"]
+    assert np.array_equal(_load(run, name, "after", "R'G'B' u8"), _load(run, name, "before", "R'G'B' u8"))
+    assert "No face found: nothing was changed." in run["output"]
 
 
 def test_float_gray_alpha_in_place(run):

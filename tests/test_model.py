@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import make_edit_generator
-from plugin_server.model import Generator, GeneratorConfig
+from plugin_server.model import Generator, GeneratorConfig, Model
 
 CONFIGS = [GeneratorConfig(), GeneratorConfig(full_channels=4, body_channels=8, blocks=2, kernel_size=5)]
 
@@ -63,17 +63,35 @@ def test_invalid_config_is_refused(bad):
         GeneratorConfig(**bad)
 
 
-def test_residual_floor_drops_small_edits_at_inference_only():
+@pytest.mark.parametrize("config", CONFIGS + [GeneratorConfig(blocks=0)], ids=["default", "small-k5", "no-blocks"])
+def test_parameter_count_is_known_before_building(config):
+    assert config.parameter_count() == sum(p.numel() for p in Generator(config).parameters())
+
+
+@pytest.mark.parametrize("bad", [dict(blocks=True), dict(full_channels=16.5), dict(kernel_size="3")])
+def test_sizes_must_be_whole_numbers(bad):
+    with pytest.raises(ValueError, match="whole number"):
+        GeneratorConfig(**bad)
+
+
+def test_the_model_describes_itself():
+    generator = Generator()
+    assert generator.stride == 2 and set(generator.precisions) <= {"fp32", "bf16", "fp16"}
+    assert "fp32" in generator.precisions
+    wide = Generator(GeneratorConfig(full_channels=32, body_channels=64))
+    assert 0 < generator.activation_bytes_per_pixel(torch.float32) < wide.activation_bytes_per_pixel(torch.float32)
+
+
+def test_residual_floor_is_served_not_built():
+    """The floor is how a model is served (the engine applies it): not in the architecture."""
+    with pytest.raises(TypeError):
+        GeneratorConfig(residual_floor=0.02)
     torch.manual_seed(0)
     plain = make_edit_generator()
-    floored = Generator(GeneratorConfig(residual_floor=0.02)).eval()
-    floored.load_state_dict(plain.state_dict())
+    model = Model(plain, residual_floor=0.02, scale=60.0)
     image = torch.rand(1, 3, 40, 40)
     with torch.no_grad():
-        raw, kept = plain.residual(image), floored.residual(image)
-    small = raw.abs() <= 0.02
-    assert small.any() and (~small).any()
-    assert torch.all(kept[small] == 0)
-    assert torch.allclose(kept[~small], raw[~small] - 0.02 * raw[~small].sign(), atol=1e-6)
-    floored.train()
-    assert torch.allclose(floored.residual(image), raw, atol=1e-6)  # training sees the raw edit
+        assert torch.equal(model.generator.residual(image), plain.residual(image))  # training sees the raw edit
+    for bad in (dict(residual_floor=-0.01), dict(residual_floor=0.5), dict(scale=0.0), dict(scale=-3.0)):
+        with pytest.raises(ValueError):
+            Model(plain, **bad)

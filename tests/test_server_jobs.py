@@ -9,10 +9,11 @@ import time
 import numpy as np
 import pytest
 
+from plugin_server import wire
 from plugin_server.server import protocol
-from server_fixtures import TILE, make_checkpoint, start_server
+from server_fixtures import TILE, WHOLE, make_checkpoint, start_server
 
-MSGPACK = {"Content-Type": protocol.MSGPACK_TYPE}
+MSGPACK = {"Content-Type": wire.MSGPACK_TYPE}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def _image(size: int, seed: int = 0) -> np.ndarray:
 
 
 def _submit(server, pixels: np.ndarray) -> str:
-    status, body = server.json("POST", "/v1/jobs", body=protocol.encode_message(pixels), headers=MSGPACK)
+    status, body = server.json("POST", f"/v1/jobs?{WHOLE}", body=protocol.message_for(pixels), headers=MSGPACK)
     assert status == 202, body
     assert body["state"] == "queued"
     return body["id"]
@@ -63,7 +64,7 @@ def _idle(server) -> None:
 
 def test_life_cycle_with_progress(server):
     pixels = _image(512)
-    _, _, sync = server.request("POST", "/v1/retouch", protocol.encode_message(pixels), MSGPACK)
+    _, _, sync = server.request("POST", f"/v1/retouch?{WHOLE}", protocol.message_for(pixels), MSGPACK)
     job = _submit(server, pixels)
     status, body = server.json("GET", f"/v1/jobs/{job}/result")
     assert status == 409 and body["error"]["code"] == "not_ready"
@@ -71,8 +72,10 @@ def test_life_cycle_with_progress(server):
     assert final["progress"] == 1.0
     assert progress == sorted(progress) and any(0 < p < 1 for p in progress), progress
     status, headers, result = server.request("GET", f"/v1/jobs/{job}/result")
-    assert status == 200 and headers["content-type"] == protocol.MSGPACK_TYPE
-    assert protocol.decode_message(result, 10**9).pixels.tobytes() == protocol.decode_message(sync, 10**9).pixels.tobytes()
+    assert status == 200 and headers["content-type"] == wire.MSGPACK_TYPE
+    assert protocol.pixels_from(wire.decode_message(result, 10**9)).tobytes() == \
+        protocol.pixels_from(wire.decode_message(sync, 10**9)).tobytes()
+    assert protocol.pixels_from(wire.decode_message(result, 10**9)).tobytes() != pixels.tobytes()
     status, body = server.json("DELETE", f"/v1/jobs/{job}")
     assert status == 200 and body["deleted"] is True
     assert server.json("GET", f"/v1/jobs/{job}")[0] == 404
@@ -117,10 +120,10 @@ def test_full_queue_answers_503_with_retry_after(server):
     jobs = [_submit(server, _image(1536, 4))]
     _wait(server, jobs[0], ("running",))
     jobs += [_submit(server, _image(256, 5)), _submit(server, _image(256, 6))]  # the queue holds 2
-    status, headers, body = server.request("POST", "/v1/jobs", protocol.encode_message(_image(64)), MSGPACK)
+    status, headers, body = server.request("POST", "/v1/jobs", protocol.message_for(_image(64)), MSGPACK)
     assert status == 503 and json.loads(body)["error"]["code"] == "busy"
     assert int(headers["retry-after"]) >= 1
-    status, headers, _ = server.request("POST", "/v1/retouch", protocol.encode_message(_image(64)), MSGPACK)
+    status, headers, _ = server.request("POST", "/v1/retouch", protocol.message_for(_image(64)), MSGPACK)
     assert status == 503 and "retry-after" in headers
     for job in jobs:
         assert server.json("DELETE", f"/v1/jobs/{job}")[0] in (200, 202)
@@ -130,7 +133,7 @@ def test_full_queue_answers_503_with_retry_after(server):
 def test_disconnect_cancels_a_synchronous_request(server):
     _idle(server)
     before = server.health()["queue"]["cancelled"]
-    body = protocol.encode_message(_image(2048, 7))
+    body = protocol.message_for(_image(2048, 7))
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.sendall(b"POST /v1/retouch HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-msgpack\r\n"
                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)

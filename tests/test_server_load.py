@@ -8,9 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from plugin_server import checkpoint, engine, imageio
+from plugin_server import checkpoint, engine, imageio, wire
 from plugin_server.server import protocol
-from server_fixtures import TILE, ffhq_crop, make_checkpoint, require_data, start_server
+from plugin_server.wire import RetouchOptions
+from server_fixtures import TILE, WHOLE, ffhq_crop, make_checkpoint, require_data, start_server
 
 CLIENTS = 16
 SECONDS = 30.0
@@ -20,23 +21,23 @@ SECONDS = 30.0
 def test_sixteen_clients_for_thirty_seconds(tmp_path):
     require_data()
     ckpt = make_checkpoint(tmp_path / "g.pt")
-    generator, _ = checkpoint.load(ckpt)
+    model = checkpoint.load(ckpt)
     # Each client has its own small crop, half PNG and half msgpack, and its own expected answer.
     bodies, wanted = [], []
     for i in range(CLIENTS):
         side = 64 + 4 * i
         pixels = ffhq_crop(1 + i % 9, (side, side), (300 + 10 * i, 300 + 7 * i))
-        out = engine.retouch(pixels, generator, tile_size=TILE, device="cpu")
+        out = engine.retouch(pixels, model, RetouchOptions(tile_size=TILE, device="cpu"))
         if i % 2:
             bodies.append((imageio.encode(imageio.Picture(pixels, "png")), "image/png"))
         else:
-            bodies.append((protocol.encode_message(pixels), protocol.MSGPACK_TYPE))
+            bodies.append((protocol.message_for(pixels), wire.MSGPACK_TYPE))
         wanted.append(out)
 
     server = start_server(ckpt, "--tile-size", str(TILE), "--queue-size", "4")
     try:
         for body, content_type in bodies[:2]:  # warm up before measuring memory
-            server.request("POST", "/v1/retouch", body, {"Content-Type": content_type})
+            server.request("POST", f"/v1/retouch?{WHOLE}", body, {"Content-Type": content_type})
         rss_before = server.rss_bytes()
         errors: list[str] = []
         counts = {"ok": 0, "busy": 0}
@@ -46,7 +47,7 @@ def test_sixteen_clients_for_thirty_seconds(tmp_path):
         def client(i: int) -> None:
             body, content_type = bodies[i]
             while time.monotonic() < stop:
-                status, headers, answer = server.request("POST", "/v1/retouch", body, {"Content-Type": content_type})
+                status, headers, answer = server.request("POST", f"/v1/retouch?{WHOLE}", body, {"Content-Type": content_type})
                 if status == 503:
                     with lock:
                         counts["busy"] += 1
@@ -57,7 +58,7 @@ def test_sixteen_clients_for_thirty_seconds(tmp_path):
                 if status != 200:
                     errors.append(f"client {i}: HTTP {status} {answer[:200]!r}")
                     return
-                got = (protocol.decode_message(answer, 10**9).pixels if content_type == protocol.MSGPACK_TYPE
+                got = (protocol.pixels_from(wire.decode_message(answer, 10**9)) if content_type == wire.MSGPACK_TYPE
                        else imageio.decode(answer).pixels)
                 if not np.array_equal(got, wanted[i]):
                     errors.append(f"client {i}: wrong pixels")
