@@ -15,6 +15,7 @@ import pytest
 from plugin_server import errors, imageio
 from plugin_server.client import Client, typed_error
 from server_fixtures import make_checkpoint, start_server
+from test_reliability_formats import corpus as format_corpus
 
 MP = "application/x-msgpack"
 
@@ -122,6 +123,8 @@ def corpus() -> list[tuple[str, str, bytes | None, dict[str, str], int, str]]:
     post(_message()[:-5], MP, 400, "bad_image")
     post(msgpack.packb([1, 2, 3]), MP, 400, "bad_image")
     post(msgpack.packb({1: 2}), MP, 400, "bad_image")
+    for _, body, content_type, status, code in format_corpus():  # bombs and unfaithful colour models
+        post(body, content_type, status, code)
     cases += [
         ("GET", "/v1/jobs/does-not-exist", None, {}, 404, "not_found"),
         ("GET", "/v1/jobs/does-not-exist/result", None, {}, 404, "not_found"),

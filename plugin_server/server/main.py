@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="how long a finished job's result is kept (default: %(default)s)")
     work.add_argument("--result-memory-mb", type=float, default=limits.result_memory / 2**20, metavar="MB",
                       help="memory for kept results; the oldest are dropped first (default: %(default)s)")
+    work.add_argument("--body-timeout", type=float, default=ServerSettings.stall_seconds, metavar="SECONDS",
+                      help="give up a request whose body stops arriving for this long (default: %(default)s)")
     work.add_argument("--idle-timeout", type=float, default=limits.idle_timeout, metavar="SECONDS",
                       help="cancel a job nobody has polled for this long, as its editor may have died (default: %(default)s)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -80,7 +82,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         raise BadConfigError(f"--device lists a device twice: {args.device}")
     return ServerSettings(
         host=args.host, port=args.port, devices=resolved, engine=options_from_args(args, device="auto"),
-        max_pixels=args.max_pixels, token=token, limits=limits,
+        max_pixels=args.max_pixels, token=token, limits=limits, stall_seconds=args.body_timeout,
     )
 
 

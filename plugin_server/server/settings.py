@@ -45,3 +45,5 @@ class ServerSettings:
     def __post_init__(self) -> None:
         if self.max_pixels < 1:
             raise BadConfigError(f"the largest image must be at least 1 pixel, got {self.max_pixels}")
+        if not self.stall_seconds > 0:
+            raise BadConfigError(f"the body timeout must be positive, got {self.stall_seconds}")
