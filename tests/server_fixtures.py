@@ -102,6 +102,16 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Until nothing runs or waits on the server."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            queue = self.health()["queue"]
+            if queue["running"] == 0 and queue["queued"] == 0:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"the server stayed busy: {queue}")
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

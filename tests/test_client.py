@@ -37,16 +37,6 @@ def _image(size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
 
 
-def _idle(server) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        queue = server.health()["queue"]
-        if queue["running"] == 0 and queue["queued"] == 0:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"the server stayed busy: {queue}")
-
-
 def test_importing_the_client_loads_neither_torch_nor_numpy():
     """GIMP's Python has neither; the CLI's server path must not pay for torch either."""
     code = ("import sys, json, plugin_server.client, plugin_server.wire, plugin_server.errors; "
@@ -57,7 +47,7 @@ def test_importing_the_client_loads_neither_torch_nor_numpy():
 
 
 def test_retouch_and_run_job_give_the_in_process_pixels(server, ckpt):
-    _idle(server)
+    server.wait_idle()
     client = Client(server.url)
     pixels = _image(200, 1)
     body = protocol.message_for(pixels)
@@ -75,7 +65,7 @@ def test_retouch_and_run_job_give_the_in_process_pixels(server, ckpt):
 
 
 def test_cancel_stops_the_job_on_the_server(server):
-    _idle(server)
+    server.wait_idle()
     client = Client(server.url)
     cancel = threading.Event()
     jobs: list[str] = []
@@ -87,7 +77,7 @@ def test_cancel_stops_the_job_on_the_server(server):
     with pytest.raises(errors.CancelledError):
         client.run_job(protocol.message_for(_image(768, 2)), wire.MSGPACK_TYPE, WHOLE_IMAGE,
                        on_progress=on_progress, cancel=cancel, on_job=jobs.append)
-    _idle(server)  # the engine stopped at its next tile
+    server.wait_idle()  # the engine stopped at its next tile
     status, body = server.json("GET", f"/v1/jobs/{jobs[0]}")
     # a running job is only cancelled by the client's DELETE; its record stays until it expires
     assert status == 404 or (body["state"] == "cancelled" and body["error"]["code"] == "cancelled"), body
@@ -95,7 +85,7 @@ def test_cancel_stops_the_job_on_the_server(server):
 
 
 def test_not_ready_and_cancelled_results_are_typed(server):
-    _idle(server)
+    server.wait_idle()
     client = Client(server.url)
     job = client.submit(protocol.message_for(_image(768, 3)), wire.MSGPACK_TYPE, WHOLE_IMAGE)
     with pytest.raises(errors.NotReadyError):
@@ -112,7 +102,7 @@ def test_not_ready_and_cancelled_results_are_typed(server):
 
 
 def test_a_busy_server_is_retried_until_it_has_room(server, ckpt):
-    _idle(server)
+    server.wait_idle()
     client = Client(server.url)
     running = client.submit(protocol.message_for(_image(768, 4)), wire.MSGPACK_TYPE, WHOLE_IMAGE)
     deadline = time.monotonic() + 30

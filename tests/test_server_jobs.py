@@ -52,16 +52,6 @@ def _wait(server, job: str, states: tuple[str, ...], timeout: float = 30.0) -> t
     raise AssertionError(f"job {job} never reached {states}: {body}")
 
 
-def _idle(server) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        queue = server.health()["queue"]
-        if queue["running"] == 0 and queue["queued"] == 0:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"the server stayed busy: {queue}")
-
-
 def test_life_cycle_with_progress(server):
     pixels = _image(512)
     _, _, sync = server.request("POST", f"/v1/retouch?{WHOLE}", protocol.message_for(pixels), MSGPACK)
@@ -83,7 +73,7 @@ def test_life_cycle_with_progress(server):
 
 
 def test_delete_cancels_within_a_tile(server):
-    _idle(server)
+    server.wait_idle()
     before = server.health()["queue"]["cancelled"]
     job = _submit(server, _image(1536, 1))
     _wait(server, job, ("running",))
@@ -101,7 +91,7 @@ def test_delete_cancels_within_a_tile(server):
 
 
 def test_unpolled_job_is_cancelled_and_finished_jobs_expire(server):
-    _idle(server)
+    server.wait_idle()
     job = _submit(server, _image(4096, 2))  # 16 MP: several times the 2 s idle timeout, even on a fast CPU
     time.sleep(3.5)  # nobody polls
     status, body = server.json("GET", f"/v1/jobs/{job}")
@@ -116,7 +106,7 @@ def test_unpolled_job_is_cancelled_and_finished_jobs_expire(server):
 
 
 def test_full_queue_answers_503_with_retry_after(server):
-    _idle(server)
+    server.wait_idle()
     jobs = [_submit(server, _image(1536, 4))]
     _wait(server, jobs[0], ("running",))
     jobs += [_submit(server, _image(256, 5)), _submit(server, _image(256, 6))]  # the queue holds 2
@@ -127,11 +117,11 @@ def test_full_queue_answers_503_with_retry_after(server):
     assert status == 503 and "retry-after" in headers
     for job in jobs:
         assert server.json("DELETE", f"/v1/jobs/{job}")[0] in (200, 202)
-    _idle(server)
+    server.wait_idle()
 
 
 def test_disconnect_cancels_a_synchronous_request(server):
-    _idle(server)
+    server.wait_idle()
     before = server.health()["queue"]["cancelled"]
     body = protocol.message_for(_image(2048, 7))
     sock = socket.create_connection(("127.0.0.1", server.port))
