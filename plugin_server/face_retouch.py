@@ -131,7 +131,9 @@ def face_residual(
     x0, y0, x1, y1 = crop
     pixels = image[y0:y1, x0:x1]
     rgb = pixels[..., :3] if pixels.shape[2] >= 3 else np.repeat(pixels[..., :1], 3, axis=2)
-    native = np.clip(np.nan_to_num(rgb.astype(np.float32) / _SCALE[image.dtype]), 0.0, 1.0)
+    native = rgb.astype(np.float32) * np.float32(1.0 / _SCALE[image.dtype])
+    if image.dtype == np.float32:  # NaN, Inf and far-off values: what the network sees, never spread
+        native = np.clip(np.nan_to_num(native, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
     scale = working_scale(model, face)
     size = (max(1, round((y1 - y0) * scale)), max(1, round((x1 - x0) * scale)))
     work = resize(native, size) if scale != 1.0 else native
@@ -161,18 +163,16 @@ def _apply(image: np.ndarray, box: tuple[int, int, int, int], edit: np.ndarray, 
     """``image`` with the combined edit added where some mask is positive, and only there."""
     out = image.copy()
     x0, y0, x1, y1 = box
-    touched = weight > 0
-    # One face: its mask times its residual; overlapping faces: their mask-weighted mean.
-    delta = edit[touched] / np.maximum(weight[touched], 1.0)[:, None] * strength  # (n, 3)
-    region = out[y0:y1, x0:x1]
-    scale = _SCALE[image.dtype]
     channels = min(image.shape[2], 3)
+    region = out[y0:y1, x0:x1, :channels]
+    # One face: its mask times its residual; overlapping faces: their mask-weighted mean.
+    delta = edit * (strength / np.maximum(weight, 1.0))[..., None]  # (h, w, 3)
     if channels == 1:
-        delta = delta.mean(axis=1, keepdims=True)
-    values = region[touched][:, :channels].astype(np.float32) + delta * scale
+        delta = delta.mean(axis=2, keepdims=True)
+    scale = _SCALE[image.dtype]
+    values = region.astype(np.float32)
+    values += delta * scale if scale != 1.0 else delta
     if scale != 1.0:
-        values = np.clip(np.round(values), 0, scale)
-    pixels = region[touched]
-    pixels[:, :channels] = values.astype(image.dtype)
-    region[touched] = pixels
+        np.clip(np.round(values, out=values), 0, scale, out=values)
+    np.copyto(region, values.astype(image.dtype), where=(weight > 0)[..., None])  # masked-off pixels untouched
     return out
