@@ -6,14 +6,18 @@ Every command is a whole `autoretouch` process (in-process work, CPU, fp32) on t
 Louie Natividad JPEG, run in turn (A B C A B C ...) so drift hits all alike; figures are medians
 of REPEATS. The bundled weights run twice with faces on: as shipped (native scale, so each face
 is retouched at its own size) and declared at FFHQ's scale (IOD 256 px, what a face-scale model
-is trained at), which is what the face engine is for. "decode + encode" reads and writes the
-same file through the same code with no retouch: the floor of any end-to-end time.
+is trained at), which is what the face engine is for; that model also runs through a server
+started once beforehand (how a studio works: the process then imports no torch and loads no
+model). "decode + encode" reads and writes the same file through the same code with no retouch:
+the floor of any end-to-end time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import socket
 import statistics
 import subprocess
 import sys
@@ -29,24 +33,47 @@ AUTORETOUCH = [sys.executable, "-m", "plugin_server"]
 IO_ONLY = "from plugin_server import imageio; import sys; imageio.write(sys.argv[2], imageio.read(sys.argv[1]))"
 
 
-def commands(folder: Path) -> dict[str, list[str]]:
-    face_scale = folder / "face-scale.pt"
-    starter = checkpoint.load(checkpoint.BUNDLED)
-    checkpoint.save(face_scale, dataclasses.replace(starter, scale=256.0))
+def commands(folder: Path, face_scale: Path, server: str) -> dict[str, list[str]]:
     out = str(folder / "out.jpg")
-    retouch = [*AUTORETOUCH, "retouch", str(PORTRAIT), out, "--device", "cpu"]
+    retouch = [*AUTORETOUCH, "retouch", str(PORTRAIT), out]
     return {
-        "faces off (whole image)": [*retouch, "--no-faces", "--checkpoint", str(checkpoint.BUNDLED)],
-        "faces on, native scale": [*retouch, "--checkpoint", str(checkpoint.BUNDLED)],
-        "faces on, model at IOD 256": [*retouch, "--checkpoint", str(face_scale)],
+        "faces off (whole image)": [*retouch, "--device", "cpu", "--no-faces", "--checkpoint", str(checkpoint.BUNDLED)],
+        "faces on, native scale": [*retouch, "--device", "cpu", "--checkpoint", str(checkpoint.BUNDLED)],
+        "faces on, model at IOD 256": [*retouch, "--device", "cpu", "--checkpoint", str(face_scale)],
+        "the same, through a server": [*retouch, "--server", server],
         "decode + encode only": [sys.executable, "-c", IO_ONLY, str(PORTRAIT), out],
     }
 
 
+@contextlib.contextmanager
+def running_server(model: Path):
+    """``autoretouch-server`` on a free loopback port with ``model``, until the block ends."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "plugin_server.server.main", "--port", str(port), "--device", "cpu",
+                             "--checkpoint", str(model)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        from plugin_server.client import Client
+
+        deadline = time.monotonic() + 120
+        while not Client(url).available():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the benchmark's server did not start")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def main(argv: list[str] | None = None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = commands(Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        face_scale = Path(tmp) / "face-scale.pt"
+        checkpoint.save(face_scale, dataclasses.replace(checkpoint.load(checkpoint.BUNDLED), scale=256.0))
+        runs = commands(Path(tmp), face_scale, stack.enter_context(running_server(face_scale)))
         times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(REPEATS):
             for name, command in runs.items():
