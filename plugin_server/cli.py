@@ -19,8 +19,10 @@ from .command import add_model_options, options_from_args, run
 def _register_retouch(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "retouch", help="retouch one photo",
-        description="Retouch one photo (PNG, JPEG or TIFF) and write the result. Bit depth, alpha, "
-        "ICC profile and EXIF are kept; the output format follows OUT's extension. The work runs on "
+        description="Retouch one photo (PNG, JPEG or TIFF) and write the result. Every face is found and "
+        "only its skin is retouched, at the model's scale; a photo with no face is written unchanged. "
+        "Bit depth, alpha, ICC profile, EXIF and print resolution are kept; the output format follows "
+        "OUT's extension. The work runs on "
         f"the server at {wire.DEFAULT_URL} when it answers, else in this process (the pixels are the same); "
         "--checkpoint, --tile-size, --device and --precision run it in this process.",
         epilog="example: autoretouch retouch portrait.jpg portrait-retouched.jpg --strength 0.8",
