@@ -167,3 +167,43 @@ def test_strength_scales_the_edit_on_skin(ffhq):
     assert np.abs(half[big] - full[big] / 2).max() <= 1.0
     assert torch.equal(torch.from_numpy(face_retouch.retouch(ffhq, STRONG, RetouchOptions(strength=0.0)).pixels),
                        torch.from_numpy(ffhq))
+
+
+def test_no_face_is_said_by_every_surface_and_nothing_changes(tmp_path, ffhq):
+    """The HTTP answer (header and job status), the CLI and batch all say no face was found."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from server_fixtures import start_server
+
+    wall = imageio.Picture(ffhq[:160, :200].copy(), "png")
+    body = imageio.encode(wall)
+    server = start_server(None, log_dir=tmp_path)  # the bundled model
+    try:
+        status, headers, answer = server.request("POST", "/v1/retouch", body, {"Content-Type": "image/png"})
+        assert status == 200 and headers["x-autoretouch-faces"] == "0"
+        assert np.array_equal(imageio.decode(answer).pixels, wall.pixels)
+        status, _, created = server.request("POST", "/v1/jobs", body, {"Content-Type": "image/png"})
+        job = json.loads(created)["id"]
+        for _ in range(600):  # at most a minute
+            state = json.loads(server.request("GET", f"/v1/jobs/{job}")[2])
+            if state["state"] == "done":
+                break
+            time.sleep(0.1)
+        assert state["state"] == "done" and state["faces"] == 0
+    finally:
+        server.stop()
+    photo, out = tmp_path / "wall.png", tmp_path / "out.png"
+    imageio.write(photo, wall)
+    cli = subprocess.run([sys.executable, "-m", "plugin_server", "retouch", str(photo), str(out), "--device", "cpu"],
+                         capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0 and "no face found" in cli.stderr, cli.stderr
+    assert np.array_equal(imageio.read(out).pixels, wall.pixels)
+    (tmp_path / "shoot").mkdir()
+    imageio.write(tmp_path / "shoot" / "wall.png", wall)
+    batch = subprocess.run([sys.executable, "-m", "plugin_server", "batch", str(tmp_path / "shoot"),
+                            str(tmp_path / "done"), "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert batch.returncode == 0 and "1 retouched (1 with no face found, written unchanged)" in batch.stderr, batch.stderr
+    assert np.array_equal(imageio.read(tmp_path / "done" / "wall.png").pixels, wall.pixels)
