@@ -7,7 +7,6 @@ users see what went wrong and what to do, never a traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence

@@ -53,7 +53,7 @@ class WireFormat:
     """How one layer's pixels travel: the babl format read from GIMP and what goes on the wire."""
 
     babl: str            # babl format name the plug-in reads and writes, e.g. "R'G'B'A u16"
-    dtype: Dtype         # protocol dtype of every sample
+    dtype: wire.Dtype    # protocol dtype of every sample
     itemsize: int        # bytes per sample
     channels: int        # channels in the babl format (1 to 4)
     keep_alpha: bool     # gray+alpha: send Y only and keep A in the plug-in
