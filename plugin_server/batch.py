@@ -65,10 +65,10 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise BadOptionError(f"the photos in flight must be at least 1, got {args.jobs}")
     tasks = plan(args.in_dir, args.out_dir)
-    chosen, where = retouchers.choose(args.server, args.checkpoint, options, args.token)
-    jobs = args.jobs or (2 * len(chosen) if where != "this process" else 1)
-    print(f"retouching {len(tasks)} photo(s) from {args.in_dir} into {args.out_dir} on {where}", file=sys.stderr)
-    report = run_tasks(tasks, chosen, jobs, sys.stderr)
+    chosen = retouchers.choose(args.server, args.checkpoint, options, args.token)
+    jobs = args.jobs or (2 * len(chosen.retouchers) if chosen.remote else 1)
+    print(f"retouching {len(tasks)} photo(s) from {args.in_dir} into {args.out_dir} on {chosen.where}", file=sys.stderr)
+    report = run_tasks(tasks, chosen.retouchers, jobs, sys.stderr)
     print(summary(report), file=sys.stderr)
     return 1 if report.failed else 0
 

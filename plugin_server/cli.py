@@ -39,8 +39,8 @@ def _retouch_command(args: argparse.Namespace) -> int:
     outputs.prepare_folder(dst, protected=[src], create=False)
     picture = imageio.read(src)
     imageio.check_writable(imageio.format_for_path(dst), picture.pixels, picture.alpha, picture.exif)
-    chosen, _ = retouchers.choose([args.server] if args.server else None, args.checkpoint, options, args.token)
-    outcome = chosen[0](picture, _progress_printer(src.name))
+    plan = retouchers.choose([args.server] if args.server else None, args.checkpoint, options, args.token)
+    outcome = plan.retouchers[0](picture, _progress_printer(src.name))
     imageio.write(dst, outcome.picture)
     if outcome.faces == 0:
         print(f"{src.name}: no face found: the photo was written unchanged", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Where a command's retouching runs: on servers, or in this process. Used by ``retouch`` and ``batch``.
 
-    retouchers, where = choose(servers=None, checkpoint=None, options=RetouchOptions(), token=None)
-    outcome = retouchers[0](picture, progress)     # Outcome(picture, faces): ICC, EXIF, DPI kept
+    plan = choose(servers=None, checkpoint=None, options=RetouchOptions(), token=None)
+    outcome = plan.retouchers[0](picture, progress)    # Outcome(picture, faces): ICC, EXIF, DPI kept
 
 Rules, so no option is ever silently dropped: servers named explicitly are used, and then a
 model file or in-process settings (tile size, device, precision) are refused, since a server
@@ -32,9 +32,15 @@ class Retoucher(Protocol):
     def __call__(self, picture: Picture, progress: Progress | None = None) -> Outcome: ...
 
 
+class Plan(NamedTuple):
+    retouchers: list[Retoucher]  # one per server, or the one in this process
+    where: str  # for the user: the servers' addresses, or "this process"
+    remote: bool
+
+
 def choose(servers: list[str] | None, checkpoint: str | None, options: wire.RetouchOptions,
-           token: str | None) -> tuple[list[Retoucher], str]:
-    """The retouchers to use and a phrase saying where the work runs."""
+           token: str | None) -> Plan:
+    """The retouchers to use and where the work runs."""
     local = options.local_settings() + (["model file"] if checkpoint else [])
     if servers:
         if local:
@@ -43,12 +49,12 @@ def choose(servers: list[str] | None, checkpoint: str | None, options: wire.Reto
                 "in this process; a server uses the "
                 "model and settings it was started with: give them to the server, or retouch without one"
             )
-        return [remote(Client(url, token), options) for url in servers], ", ".join(servers)
+        return Plan([remote(Client(url, token), options) for url in servers], ", ".join(servers), True)
     if not local:
         default = Client(wire.DEFAULT_URL, token)
         if default.available():
-            return [remote(default, options)], default.url
-    return [in_process(checkpoint, options)], "this process"
+            return Plan([remote(default, options)], default.url, True)
+    return Plan([in_process(checkpoint, options)], "this process", False)
 
 
 def remote(client: Client, options: wire.RetouchOptions) -> Retoucher:
