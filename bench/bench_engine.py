@@ -13,7 +13,6 @@ RSS), and on CUDA the bf16 roofline.
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.common import cpu_name, peak_rss_mb
 from plugin_server import checkpoint, engine, imageio
 from plugin_server.engine import auto_tile
 from plugin_server.model import Generator, Model
@@ -37,15 +37,8 @@ REPEATS = 3
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
     gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}"
-
-
-def peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return f"{cpu_name()}, {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}"
 
 
 def retouch(image: np.ndarray, generator: Generator, floor: float = 0.0, **options) -> np.ndarray:

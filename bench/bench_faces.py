@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench.common import cpu_name, peak_rss_mb
 from plugin_server import imageio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,16 +33,7 @@ REPEATS = 5
 
 
 def machine() -> str:
-    with open("/proc/cpuinfo") as info:
-        names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
-    cpu = names[0] if names else platform.processor()
-    return f"{cpu}, Python {platform.python_version()}"
-
-
-def peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return f"{cpu_name()}, Python {platform.python_version()}"
 
 
 def worker(source: str) -> None:

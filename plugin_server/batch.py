@@ -100,7 +100,8 @@ def is_complete(task: Task) -> bool:
         outputs.check_output(task.target, [task.inputs])
         if not task.target.is_file():
             return False
-        return imageio.peek_size(task.target)[:2] == imageio.peek_size(task.source)[:2]
+        done, source = imageio.peek(task.target), imageio.peek(task.source)
+        return (done.width, done.height) == (source.width, source.height)
     except (AutoRetouchError, OSError):
         return False
 

@@ -25,7 +25,8 @@ from .model import Generator, Model
 from .tiling import Region, TilePlan, round_up
 from .wire import RetouchOptions
 
-_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.float32): 1.0}
+# The value of white of each pixel type the engine takes.
+SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.float32): 1.0}
 # Largest core side tried when the caller gives none: larger cores waste less on margins,
 # and on GPU batches of them fill the device.
 _MAX_AUTO_CORE = {"cpu": 2048, "cuda": 2048}
@@ -40,7 +41,7 @@ def check_image(image: np.ndarray) -> None:
         raise BadImageError(f"the image must be H x W x C with C = 1, 3 or 4, got shape {image.shape}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise BadImageError(f"the image is empty ({image.shape[1]}x{image.shape[0]} pixels)")
-    if image.dtype not in _SCALE:
+    if image.dtype not in SCALE:
         raise BadImageError(f"the image must be uint8, uint16 or float32, got {image.dtype}")
 
 
@@ -93,7 +94,7 @@ class _Run:
         self.image, self.out, self.model, self.floor = image, out, model, floor
         self.device, self.dtype, self.strength = device, dtype, strength
         self.progress, self.cancel = progress, cancel
-        self.scale = _SCALE[image.dtype]
+        self.scale = SCALE[image.dtype]
         self.total = image.shape[0] * image.shape[1]
         self.done = 0
 

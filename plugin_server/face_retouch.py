@@ -33,7 +33,6 @@ from .model import Model
 from .wire import RetouchOptions
 
 FaceFinder = Callable[[np.ndarray, float], list[Face]]
-_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.float32): 1.0}
 _ANALYSIS_SHARE = 0.1  # of the progress bar, for finding faces and their masks
 
 
@@ -50,7 +49,7 @@ class Result:
         """The skin mask as a one-channel image of ``dtype`` (uint8, uint16 or float32)."""
         if self.mask is None:
             raise ValueError("this result was made without a mask")
-        scale = _SCALE[np.dtype(dtype)]
+        scale = engine.SCALE[np.dtype(dtype)]
         values = self.mask if scale == 1.0 else np.round(self.mask * scale)
         return values.astype(dtype)[..., None]
 
@@ -131,7 +130,7 @@ def face_residual(
     x0, y0, x1, y1 = crop
     pixels = image[y0:y1, x0:x1]
     rgb = pixels[..., :3] if pixels.shape[2] >= 3 else np.repeat(pixels[..., :1], 3, axis=2)
-    native = rgb.astype(np.float32) * np.float32(1.0 / _SCALE[image.dtype])
+    native = rgb.astype(np.float32) * np.float32(1.0 / engine.SCALE[image.dtype])
     if image.dtype == np.float32:  # NaN, Inf and far-off values: what the network sees, never spread
         native = np.clip(np.nan_to_num(native, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
     scale = working_scale(model, face)
@@ -169,7 +168,7 @@ def _apply(image: np.ndarray, box: tuple[int, int, int, int], edit: np.ndarray, 
     delta = edit * (strength / np.maximum(weight, 1.0))[..., None]  # (h, w, 3)
     if channels == 1:
         delta = delta.mean(axis=2, keepdims=True)
-    scale = _SCALE[image.dtype]
+    scale = engine.SCALE[image.dtype]
     values = region.astype(np.float32)
     values += delta * scale if scale != 1.0 else delta
     if scale != 1.0:

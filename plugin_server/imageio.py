@@ -135,12 +135,6 @@ def peek(data: bytes | Path) -> Header:
     return header
 
 
-def peek_size(data: bytes | Path) -> tuple[int, int, str]:
-    """(width, height, format) from the header alone."""
-    header = peek(data)
-    return header.width, header.height, header.format
-
-
 def check_header(header: Header, max_pixels: int) -> None:
     """Refuse, before decoding, an image over ``max_pixels`` or whose decode would take more
     memory than such an image (TooLargeError), and one that would not be read faithfully:

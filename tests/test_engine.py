@@ -257,7 +257,7 @@ def test_retouch_is_x_plus_strength_times_the_networks_edit(portrait_crop, edit_
         # a rounding boundary may land one level off (more often at 16 bits), never more.
         assert off.max() <= 1 and (off > 0).mean() < (0.002 if image.dtype == np.uint8 else 0.02), \
             (off.max(), (off > 0).mean())
-    moved = np.abs(got[..., colour].astype(np.float64) - image[..., colour]) * (255 / engine._SCALE[image.dtype])
+    moved = np.abs(got[..., colour].astype(np.float64) - image[..., colour]) * (255 / engine.SCALE[image.dtype])
     assert (moved > 2).mean() > 0.2, "the edit is too small for this check to mean anything"
 
 

@@ -76,13 +76,15 @@ def test_gray_alpha_png_is_widened_to_rgba(tmp_path):
     assert pixels.shape == (3, 4, 4) and np.array_equal(pixels[..., 0], pixels[..., 2])
 
 
-def test_peek_size_reads_headers_only(pexels):
+def test_peek_reads_headers_only(pexels):
     for fmt in ("png", "jpeg", "tiff"):
         data = imageio.encode(pexels.with_pixels(pexels.pixels).__class__(pexels.pixels, fmt))
-        assert imageio.peek_size(data[:4096] if fmt != "tiff" else data) == (300, 240, fmt)
+        header = imageio.peek(data[:4096] if fmt != "tiff" else data)
+        assert (header.width, header.height, header.format) == (300, 240, fmt)
     bomb = bytearray(imageio.encode(imageio.Picture(pexels.pixels, "png")))
     bomb[16:24] = (100000).to_bytes(4, "big") * 2  # header claims 100000 x 100000
-    assert imageio.peek_size(bytes(bomb[:64])) == (100000, 100000, "png")
+    header = imageio.peek(bytes(bomb[:64]))
+    assert (header.width, header.height, header.format) == (100000, 100000, "png")
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "tiff"])
