@@ -1,8 +1,8 @@
 """The job store and scheduler: a bounded queue, one inference at a time per device, expiry.
 
-    scheduler = Scheduler(models_for(generator, ["cpu"]), settings)
+    scheduler = Scheduler(models_for(model, ["cpu"]), settings)
     await scheduler.start()
-    job = scheduler.submit(pixels, options, render, media_type, watched=False)
+    job = scheduler.submit(pixels, options, render, render_mask, media_type, watched=False)
     scheduler.get(job.id).status()          # {"id", "state", "progress", ...}
     scheduler.cancel(job.id)                # the engine stops at its next tile
     await scheduler.stop()
