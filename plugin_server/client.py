@@ -5,7 +5,7 @@ Standard library only (``autoretouch gimp install`` copies it beside the plug-in
 
     client = Client("http://127.0.0.1:8377")
     reply = client.retouch(png_bytes, "image/png", RetouchOptions(strength=0.8))   # Reply(body, faces, mask)
-    reply = client.run_job(message, wire.MSGPACK_TYPE, options, on_progress=print)
+    reply = client.run_job(message, wire.MSGPACK_TYPE, options, on_progress=print, on_status=print)
 
 One policy everywhere: a busy server (503) is retried after its ``Retry-After`` until
 ``busy_wait`` seconds have passed; jobs are polled every ``POLL_SECONDS``; loopback servers
@@ -132,9 +132,12 @@ class Client:
         on_progress: Callable[[float], None] = lambda fraction: None,
         cancel: threading.Event | None = None,
         on_job: Callable[[str], None] = lambda job_id: None,
+        on_status: Callable[[dict[str, Any]], None] = lambda status: None,
     ) -> Reply:
         """Run one job to its end and return its result, reporting progress as it goes.
 
+        ``on_progress`` gets the fraction done, ``on_status`` every polled status (its ``phase``,
+        ``face`` and ``faces`` say what the server is doing, for a progress text).
         ``on_job`` is told the id as soon as the server gives it; setting ``cancel`` cancels
         the job on the server and raises CancelledError. The job is always deleted at the end,
         so the server frees its memory now.
@@ -147,6 +150,7 @@ class Client:
                     raise CancelledError("the retouch was cancelled")
                 status = self.status(job_id)
                 on_progress(min(max(float(status.get("progress") or 0.0), 0.0), 1.0))
+                on_status(status)
                 if status["state"] == "done":
                     faces = _faces(status.get("faces"), self.url)
                     mask = self.mask(job_id) if options.mask and faces is not None else None

@@ -30,9 +30,12 @@ from . import engine
 from .devices import resolve_device
 from .faces import Face, skin_mask
 from .model import Model
-from .wire import RetouchOptions
+from .wire import JobPhase, RetouchOptions
 
 FaceFinder = Callable[[np.ndarray, float], list[Face]]
+# phase(name, face, faces): what the work is doing now, for a job's status (wire.JOB_PHASES);
+# ``face`` (1-based) of ``faces`` while retouching face by face, else 0 and 0.
+PhaseReport = Callable[[JobPhase, int, int], None]
 _ANALYSIS_SHARE = 0.1  # of the progress bar, for finding faces and their masks
 
 
@@ -57,19 +60,22 @@ class Result:
 def retouch(
     image: np.ndarray, model: Model, options: RetouchOptions = RetouchOptions(),
     progress: Callable[[float], None] | None = None, cancel: Callable[[], bool] | None = None,
-    find: FaceFinder | None = None,
+    find: FaceFinder | None = None, phase: PhaseReport | None = None,
 ) -> Result:
     """Retouch ``image``'s faces (or, with faces off, the whole image); see the module docstring.
 
     ``find(image, min_iod)`` finds the faces; by default the landmark model does.
     """
     engine.check_image(image)
+    tell = phase or (lambda name, face, faces: None)
     if not options.faces:
+        tell("retouching", 0, 0)
         return Result(engine.retouch(image, model, options, progress, cancel), None)
     # Refuse an impossible device or precision now, not only once a face is found.
     engine.precision_for(model, resolve_device(options.device), options.precision)
     if find is None:
         from .landmarks import find_faces as find
+    tell("finding-faces", 0, 0)
     faces = find(image, options.min_iod)
     report = progress or (lambda fraction: None)
     report(_ANALYSIS_SHARE)
@@ -84,6 +90,7 @@ def retouch(
     skin = np.zeros((y1 - y0, x1 - x0), np.float32) if options.mask else None
     inner = dataclasses.replace(options, strength=1.0)
     for index, face in enumerate(faces):
+        tell("retouching", index + 1, len(faces))
         start = _ANALYSIS_SHARE + (1 - _ANALYSIS_SHARE) * index / len(faces)
         share = (1 - _ANALYSIS_SHARE) / len(faces)
         crop = _crop_box(face, model, image.shape)

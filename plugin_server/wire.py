@@ -4,7 +4,7 @@ Standard library only, so GIMP's Python can run it (``autoretouch gimp install``
 beside the plug-in as ``autoretouch_wire.py``). It owns what both ends must agree on:
 
 - where the server is (``DEFAULT_URL``) and the token variable (``TOKEN_ENV``);
-- the routes, body media types and job states;
+- the routes, body media types, job states and job phases;
 - the request options, one frozen value (``RetouchOptions``) validated once; only the fields
   in ``TRAVELLING`` go over the wire (as query parameters, the one way they travel), the
   others say how this process would run the engine;
@@ -56,6 +56,12 @@ JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 JOB_STATES: tuple[JobState, ...] = ("queued", "running", "done", "failed", "cancelled")
 ACTIVE: tuple[JobState, ...] = ("queued", "running")
 ENDED: tuple[JobState, ...] = ("done", "failed", "cancelled")
+# What a job is doing, finer than its state, so an editor's progress text moves even when the
+# image fits one tile: waiting; finding the faces; retouching (with "face" and "faces" while
+# face by face); encoding the result; finished (done, failed or cancelled). The body is decoded
+# before the job exists, so a bad image is refused by POST itself and never becomes a job.
+JobPhase = Literal["queued", "finding-faces", "retouching", "encoding", "finished"]
+JOB_PHASES: tuple[JobPhase, ...] = ("queued", "finding-faces", "retouching", "encoding", "finished")
 
 Dtype = Literal["u8", "u16", "f32"]
 ITEMSIZE: dict[str, int] = {"u8": 1, "u16": 2, "f32": 4}

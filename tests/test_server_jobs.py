@@ -1,4 +1,4 @@
-"""The jobs API life-cycle on the real server: progress, cancel, expiry, disconnect, full queue."""
+"""The jobs API life-cycle on the real server: progress, phases, cancel, expiry, disconnect, full queue."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from plugin_server import wire
+from conftest import make_edit_model
+from plugin_server import face_retouch, imageio, wire
 from plugin_server.server import protocol
-from server_fixtures import TILE, WHOLE, make_checkpoint, start_server
+from server_fixtures import PORTRAITS, TILE, WHOLE, make_checkpoint, start_server
 
 MSGPACK = {"Content-Type": wire.MSGPACK_TYPE}
 
@@ -70,6 +71,47 @@ def test_life_cycle_with_progress(server):
     assert status == 200 and body["deleted"] is True
     assert server.json("GET", f"/v1/jobs/{job}")[0] == 404
     assert server.json("GET", f"/v1/jobs/{job}/result")[0] == 404
+
+
+def _phases(server, job: str, timeout: float = 60.0) -> list[tuple]:
+    """Every distinct (phase, face, faces) the job's status shows, polled as fast as the server answers."""
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = server.json("GET", f"/v1/jobs/{job}")
+        assert status == 200, body
+        now = (body["phase"], body.get("face"), body.get("faces") if body.get("face") else None)
+        if not seen or seen[-1] != now:
+            seen.append(now)
+        if body["state"] in wire.ENDED:
+            assert body["state"] == "done", body
+            return seen
+    raise AssertionError(f"job {job} never ended: {seen}")
+
+
+def test_a_small_portrait_reports_its_phases_in_order(server):
+    """Each phase is shown in wire.JOB_PHASES order while a one-face job runs, and it ends finished."""
+    server.wait_idle()
+    pixels = imageio.read(PORTRAITS / "ffhq-00001.png").pixels
+    status, body = server.json("POST", "/v1/jobs", body=protocol.message_for(pixels), headers=MSGPACK)
+    assert status == 202 and body["phase"] == "queued", body
+    seen = _phases(server, body["id"])
+    order = [wire.JOB_PHASES.index(phase) for phase, _, _ in seen]
+    assert order == sorted(order), seen
+    assert ("retouching", 1, 1) in seen, seen  # the one face, said while it is retouched
+    assert seen[-1] == ("finished", None, None), seen
+
+
+def test_phases_come_from_the_work_in_order():
+    """The engine side, where polling cannot miss one: faces found, then each face in turn."""
+    pixels = imageio.read(PORTRAITS / "ffhq-00001.png").pixels
+    two = np.concatenate([pixels, pixels], axis=1)  # the same face twice, side by side
+    calls: list[tuple] = []
+    face_retouch.retouch(two, make_edit_model(), wire.RetouchOptions(), phase=lambda *call: calls.append(call))
+    assert calls == [("finding-faces", 0, 0), ("retouching", 1, 2), ("retouching", 2, 2)]
+    calls.clear()
+    face_retouch.retouch(pixels[:64, :64], make_edit_model(), wire.RetouchOptions(faces=False),
+                         phase=lambda *call: calls.append(call))
+    assert calls == [("retouching", 0, 0)]
 
 
 def test_delete_cancels_within_a_tile(server):

@@ -3,7 +3,7 @@
     scheduler = Scheduler(models_for(model, ["cpu"]), settings)
     await scheduler.start()
     job = scheduler.submit(pixels, options, render, render_mask, media_type, watched=False)
-    scheduler.get(job.id).status()          # {"id", "state", "progress", ...}
+    scheduler.get(job.id).status()          # {"id", "state", "phase", "progress", ...}
     scheduler.cancel(job.id)                # the engine stops at its next tile
     await scheduler.stop()
 
@@ -40,7 +40,7 @@ from .. import engine, face_retouch
 from ..devices import resolve_device
 from ..errors import AutoRetouchError, BusyError, CancelledError, InternalError, NotFoundError
 from ..model import Model
-from ..wire import ACTIVE, TRAVELLING, JobState, RetouchOptions
+from ..wire import ACTIVE, TRAVELLING, JobPhase, JobState, RetouchOptions
 from .settings import ServerSettings
 
 log = logging.getLogger("autoretouch.server")
@@ -65,6 +65,8 @@ class Job:
     done: asyncio.Future
     state: JobState = "queued"
     progress: float = 0.0
+    # (phase, face, faces): one tuple, so a status read from the loop never mixes two phases
+    doing: tuple[JobPhase, int, int] = ("queued", 0, 0)
     error: AutoRetouchError | None = None
     result: bytes | None = None
     mask: bytes | None = None  # the skin mask's body, when the request asked for it
@@ -75,7 +77,11 @@ class Job:
     finished_at: float | None = None
 
     def status(self) -> dict[str, Any]:
-        status: dict[str, Any] = {"id": self.id, "state": self.state, "progress": round(self.progress, 4)}
+        phase, face, faces = self.doing
+        status: dict[str, Any] = {"id": self.id, "state": self.state, "phase": phase,
+                                  "progress": round(self.progress, 4)}
+        if face:
+            status["face"], status["faces"] = face, faces
         if self.device is not None:
             status["device"] = self.device
         if self.state == "done":
@@ -91,6 +97,9 @@ class Job:
 
     def set_progress(self, fraction: float) -> None:
         self.progress = fraction  # called from the engine thread; a float store is atomic
+
+    def set_phase(self, phase: JobPhase, face: int = 0, faces: int = 0) -> None:
+        self.doing = (phase, face, faces)  # from the engine thread too; one store
 
 
 def models_for(model: Model, devices: list[str]) -> dict[str, Model]:
@@ -233,10 +242,12 @@ class Scheduler:
 
     def _infer(self, job: Job, device: str) -> face_retouch.Result:
         options = dataclasses.replace(job.options, device=device)
-        return face_retouch.retouch(job.pixels, self.models[device], options, job.set_progress, job.cancel_event.is_set)
+        return face_retouch.retouch(job.pixels, self.models[device], options, job.set_progress, job.cancel_event.is_set,
+                                    phase=job.set_phase)
 
     async def _render(self, job: Job, out: face_retouch.Result) -> None:
         job.faces = out.faces
+        job.set_phase("encoding")
         try:
             loop = asyncio.get_running_loop()
             body = await loop.run_in_executor(None, job.render, out.pixels)
@@ -258,6 +269,7 @@ class Scheduler:
 
     def _finish(self, job: Job, state: JobState) -> None:
         job.state, job.finished_at = state, time.monotonic()
+        job.set_phase("finished")
         if state == "done":
             job.progress, job.error = 1.0, None
         self.counters[state] += 1

@@ -106,11 +106,19 @@ def openapi_document(version: str, max_pixels: int) -> dict[str, Any]:
                 }},
             },
             "JobStatus": {
-                "type": "object", "required": ["id", "state", "progress"],
+                "type": "object", "required": ["id", "state", "phase", "progress"],
                 "properties": {
                     "id": {"type": "string"},
                     "state": {"enum": list(wire.JOB_STATES)},
+                    "phase": {"enum": list(wire.JOB_PHASES),
+                              "description": "What the job is doing now: waiting, finding faces, retouching, "
+                                             "encoding the result, or finished (see state)."},
                     "progress": {"type": "number", "minimum": 0, "maximum": 1},
+                    "face": {"type": "integer", "minimum": 1,
+                             "description": "While retouching face by face: the face being retouched (1-based)."},
+                    "faces": {"oneOf": [{"type": "integer", "minimum": 0}, {"const": "off"}],
+                              "description": "Faces found: while retouching face by face, and when done "
+                                             "(0: nothing was changed; off: face finding was off)."},
                     "device": {"type": "string"},
                     "cancel_requested": {"type": "boolean"},
                     "deleted": {"type": "boolean"},
