@@ -32,6 +32,7 @@ from plugin_server.errors import AutoRetouchError
 
 PLUGIN_NAME = "autoretouch"
 ENTRY_POINT = "autoretouch.py"
+HELP_DIR = "help"
 # Written into the installed folder so that uninstall only ever removes what install made.
 MARKER = ".installed-by-autoretouch"
 # plugin_server module -> its name beside the plug-in
@@ -77,6 +78,12 @@ def source_files() -> Dict[str, Path]:
     package = importlib.resources.files("gimp_plugin") / PLUGIN_NAME
     files = {entry.name: Path(str(entry)) for entry in package.iterdir()
              if entry.name.endswith(".py") and entry.is_file()}
+    # The help page GIMP's Help button opens (help/<language>/gimp-help.xml maps the procedure to it).
+    help_root = package / HELP_DIR
+    if help_root.is_dir():
+        for language in help_root.iterdir():
+            files.update({f"{HELP_DIR}/{language.name}/{page.name}": Path(str(page))
+                          for page in language.iterdir() if page.is_file()})
     if ENTRY_POINT not in files:
         raise AutoRetouchError(f"The plug-in files are missing from this installation "
                                f"({package}); reinstall the autoretouch package.")
@@ -99,6 +106,7 @@ def install(dir: Optional[Path] = None) -> Path:
         staging = Path(tempfile.mkdtemp(prefix=f".{PLUGIN_NAME}-", dir=plugins))
         try:
             for name, source in sources.items():
+                (staging / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, staging / name)
             entry = staging / ENTRY_POINT
             entry.chmod(entry.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)

@@ -128,6 +128,23 @@ def _build(root: Path, log: Path) -> None:
     (root / READY_MARKER).write_text(f"GIMP chroot built in {time.monotonic() - started:.0f} s\n")
 
 
+def ensure_packages(root: Path, packages: Tuple[str, ...]) -> None:
+    """Install Debian ``packages`` into a ready chroot where any is missing (for tools/docs_gimp.py:
+    Xvfb and friends, which the tests themselves never need)."""
+    missing = [name for name in packages
+               if subprocess.run(["chroot", str(root), "dpkg-query", "-W", "-f=${Status}", name],
+                                 capture_output=True, text=True).stdout != "install ok installed"]
+    if not missing:
+        return
+    command = (f"mount --bind /proc '{root}/proc' && exec chroot '{root}' env DEBIAN_FRONTEND=noninteractive "
+               f"sh -c 'apt-get update -q && apt-get install -y -q --no-install-recommends {' '.join(missing)}'")
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
+                          capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+    if done.returncode != 0:
+        raise ChrootBuildError(f"installing {' '.join(missing)} into {root} failed:\n{done.stdout[-2000:]}"
+                               f"{done.stderr[-2000:]}")
+
+
 @dataclass
 class BatchResult:
     returncode: int

@@ -122,6 +122,19 @@ def _scenarios(url: str, down_url: str) -> dict:
         "no_face": dict(file="background.png", prep=[], mode="new-layer", url=url, babl="R'G'B' u8"),
         "server_down": dict(file="in8.png", prep=[], mode="in-place", url=down_url,
                             babl="R'G'B' u8"),
+        # Filters > Repeat with GIMP's stored values saying in place (what a cancelled run left
+        # behind): with no settings confirmed it makes a new layer; else it runs the confirmed ones.
+        "repeat_unconfirmed": dict(file="in8.png", prep=[], mode="in-place", url=url, babl="R'G'B' u8",
+                                   run_mode="last", confirmed=None),
+        "repeat_after_cancel": dict(file="in8.png", prep=[], mode="in-place", url=url, babl="R'G'B' u8",
+                                    run_mode="last", confirmed={"strength": STRENGTH, "output-mode": "new-layer-mask",
+                                                                "server-url": url}),
+        "mask_active": dict(file="in8.png", prep=[["mask"]], mode="in-place", url=url, babl="R'G'B' u8",
+                            drawables="mask"),
+        "text_in_place": dict(file="in8.png", prep=[["text"]], mode="in-place", url=url, babl="R'G'B' u8",
+                              drawables="top"),
+        "several_layers": dict(file="in8.png", prep=[["duplicate"]], mode="new-layer", url=url,
+                               babl="R'G'B' u8", drawables="all"),
     }
 
 
@@ -133,6 +146,8 @@ from gi.repository import Gimp, Gegl, Gio
 WD = @WD@
 SCENARIOS = json.loads(@SCENARIOS@)
 STRENGTH = @STRENGTH@
+CONFIRMED = "autoretouch-confirmed-settings"
+RUN_MODES = {"noninteractive": Gimp.RunMode.NONINTERACTIVE, "last": Gimp.RunMode.WITH_LAST_VALS}
 
 def dump(drawable, babl, path):
     rect = Gegl.Rectangle.new(0, 0, drawable.get_width(), drawable.get_height())
@@ -156,15 +171,32 @@ for name, sc in SCENARIOS.items():
             img.get_layers()[0].add_alpha()
         elif step[0] == "float":
             img.convert_precision(Gimp.Precision.FLOAT_NON_LINEAR)
-    source = img.get_layers()[0]
+        elif step[0] == "mask":
+            layer = img.get_layers()[0]
+            layer.add_mask(layer.create_mask(Gimp.AddMaskType.WHITE))
+        elif step[0] == "text":
+            text = Gimp.TextLayer.new(img, "Portrait", Gimp.fonts_get_list("")[0], 60.0, Gimp.Unit.pixel())
+            img.insert_layer(text, None, 0)
+        elif step[0] == "duplicate":
+            img.insert_layer(img.get_layers()[0].copy(), None, 0)
+    source = img.get_layers()[-1]   # the portrait, below any layer a step added
+    top_before = img.get_layers()[0]
+    chosen = {"source": [source], "mask": [source.get_mask()], "top": [top_before],
+              "all": img.get_layers()}[sc.get("drawables", "source")]
+    if "confirmed" in sc:
+        if sc["confirmed"] is None:
+            Gimp.detach_parasite(CONFIRMED)
+        else:   # what OK in the dialog stores before the run, which was then cancelled
+            Gimp.attach_parasite(Gimp.Parasite.new(CONFIRMED, Gimp.PARASITE_PERSISTENT,
+                                                   json.dumps(sc["confirmed"]).encode()))
     dump(source, sc["babl"], f"{WD}/{name}.before")
     selected = not Gimp.Selection.is_empty(img)
     if selected:
         dump(img.get_selection(), "Y float", f"{WD}/{name}.mask")
     cfg = proc.create_config()
-    cfg.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+    cfg.set_property("run-mode", RUN_MODES[sc.get("run_mode", "noninteractive")])
     cfg.set_property("image", img)
-    cfg.set_core_object_array("drawables", [source])
+    cfg.set_core_object_array("drawables", chosen)
     cfg.set_property("strength", STRENGTH)
     cfg.set_property("output-mode", sc["mode"])
     cfg.set_property("server-url", sc["url"])
@@ -185,6 +217,7 @@ for name, sc in SCENARIOS.items():
         "layers": [l.get_name() for l in layers], "size": [source.get_width(), source.get_height()],
         "precision": img.get_precision().value_nick, "selected": selected,
         "has_mask": mask is not None, "top_is_source": top.get_id() == source.get_id(),
+        "top_was_text": top_before.is_text_layer(), "top_is_text": top.is_text_layer(),
     }
     img.delete()
 with open(WD + "/results.json", "w") as out:
@@ -419,3 +452,64 @@ def test_server_down_reports_and_leaves_the_image_alone(run):
     assert info["layers"] == ["Background"]
     assert np.array_equal(_load(run, name, "after", "R'G'B' u8"),
                           _load(run, name, "before", "R'G'B' u8"))
+
+
+def _summary(run, mode_words: str) -> str:
+    """The status-bar line the plug-in printed for a run in ``mode_words`` (batch GIMP logs messages)."""
+    prefix = f"AutoRetouch ({mode_words}):"
+    lines = [line[line.index(prefix):] for line in run["output"].splitlines() if prefix in line]
+    assert lines, f"no summary for {mode_words!r} in:\n{run['output'][-3000:]}"
+    return lines[0]
+
+
+def test_a_run_says_what_it_did(run):
+    line = _summary(run, "New layer")
+    assert "1 face, " in line and "% of the layer's pixels changed" in line and line.endswith(" s.")
+    changed = float(line.split("1 face, ")[1].split("%")[0]) / 100
+    before = _load(run, "u8_new_layer", "before", "R'G'B' u8")
+    after = _load(run, "u8_new_layer", "after", "R'G'B' u8")
+    assert abs(changed - np.any(before != after, axis=2).mean()) < 0.0006
+
+
+def test_repeat_without_confirmed_settings_makes_a_new_layer(run):
+    name = "repeat_unconfirmed"
+    info = _ok(run, name)
+    assert info["layers"] == ["AutoRetouch", "Background"] and not info["top_is_source"]
+    before = _load(run, name, "before", "R'G'B' u8")
+    assert np.array_equal(_load(run, name, "source_after", "R'G'B' u8"), before)   # not in place
+    assert not np.array_equal(_load(run, name, "after", "R'G'B' u8"), before)
+    assert "AutoRetouch (New layer, repeated)" in run["output"]
+
+
+def test_repeat_after_a_cancelled_run_uses_the_confirmed_settings(run):
+    name = "repeat_after_cancel"
+    info = _ok(run, name)
+    assert info["layers"] == ["AutoRetouch", "Background"] and info["has_mask"]   # new-layer-mask, as confirmed
+    before = _load(run, name, "before", "R'G'B' u8")
+    assert np.array_equal(_load(run, name, "source_after", "R'G'B' u8"), before)
+    assert np.array_equal(_load(run, name, "after", "R'G'B' u8"), _server_retouch(run["server"], before))
+    assert "AutoRetouch (New layer with mask, repeated)" in run["output"]
+
+
+def test_an_active_layer_mask_retouches_its_layer(run):
+    name = "mask_active"
+    info = _ok(run, name)
+    assert info["layers"] == ["Background"] and info["has_mask"]
+    before = _load(run, name, "before", "R'G'B' u8")
+    assert np.array_equal(_load(run, name, "after", "R'G'B' u8"), _server_retouch(run["server"], before))
+
+
+def test_a_text_layer_is_never_rasterised_in_place(run):
+    name = "text_in_place"
+    info = run["results"][name]
+    assert info["status"] == "execution-error" and "text layer" in info["error"] and "New layer" in info["error"]
+    assert info["top_was_text"] and info["top_is_text"]   # still editable text
+    assert info["layers"][1:] == ["Background"] and len(info["layers"]) == 2
+
+
+def test_several_selected_layers_are_refused_with_what_to_do(run):
+    name = "several_layers"
+    info = run["results"][name]
+    assert info["status"] == "execution-error"
+    assert info["error"] == "AutoRetouch works on one layer at a time: select one layer."
+    assert len(info["layers"]) == 2

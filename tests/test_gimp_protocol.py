@@ -281,6 +281,70 @@ def test_user_messages_say_what_to_do_here():
     assert "Please report this" in protocol.user_message(KeyError("x"), url)
 
 
+def test_choose_layer_takes_one_layer_or_says_what_to_do():
+    assert protocol.choose_layer(["layer"], "in-place") == 0
+    assert protocol.choose_layer(["layer-mask"], "in-place") == 0      # the caller retouches its layer
+    assert protocol.choose_layer(["text-layer"], "new-layer") == 0     # a raster copy above it
+    with pytest.raises(perrors.BadImageError) as info:
+        protocol.choose_layer(["text-layer"], "in-place")
+    assert "text layer" in str(info.value) and "New layer" in str(info.value)
+    for several in (["layer", "layer"], ["layer", "text-layer", "layer"], []):
+        with pytest.raises(perrors.BadImageError) as info:
+            protocol.choose_layer(several, "new-layer")
+        assert str(info.value) == "AutoRetouch works on one layer at a time: select one layer."
+    with pytest.raises(perrors.BadImageError, match="not on channels"):
+        protocol.choose_layer(["channel"], "new-layer")
+    with pytest.raises(perrors.BadImageError, match="layer group"):
+        protocol.choose_layer(["group"], "new-layer")
+
+
+def test_repeat_runs_the_confirmed_settings_or_a_new_layer():
+    last = protocol.Settings(0.7, "in-place", "http://127.0.0.1:9")   # GIMP's values from an older run
+    confirmed = protocol.Settings(0.45, "new-layer-mask", "http://127.0.0.1:8377")
+    assert protocol.repeat_settings(protocol.confirmed_settings(confirmed), last) == confirmed
+    fallback = protocol.Settings(0.7, "new-layer", "http://127.0.0.1:9")
+    for stored in (None, b"", b"not json", b'{"strength": 1}', b'{"strength": 9, "output-mode": "in-place", '
+                   b'"server-url": "x"}', b'{"strength": 1, "output-mode": "sideways", "server-url": "x"}'):
+        assert protocol.repeat_settings(stored, last) == fallback, stored
+
+
+def test_phase_text_follows_the_server():
+    assert protocol.phase_text({"phase": "queued"}) == "AutoRetouch: waiting for the server…"
+    assert protocol.phase_text({"phase": "finding-faces"}) == "AutoRetouch: finding faces…"
+    assert protocol.phase_text({"phase": "retouching", "face": 2, "faces": 3}) == "AutoRetouch: retouching face 2 of 3…"
+    assert protocol.phase_text({"phase": "retouching"}) == "AutoRetouch: retouching…"
+    assert protocol.phase_text({"state": "running"}) == "AutoRetouch: working on the server…"   # an older server
+    texts = {protocol.phase_text({"phase": phase}) for phase in server_wire.JOB_PHASES}
+    assert len(texts) == len(server_wire.JOB_PHASES) and not any("working on" in t for t in texts)
+
+
+def test_changed_fraction_counts_pixels_not_samples():
+    before = bytes(range(12)) * 100                      # 400 RGB u8 pixels
+    after = bytearray(before)
+    after[0] ^= 1                                        # pixel 0: one sample
+    after[4] ^= 1                                        # pixel 1: two samples
+    after[5] ^= 0x80
+    assert protocol.changed_fraction(before, bytes(after), 3) == 2 / 400
+    assert protocol.changed_fraction(before, before, 3) == 0.0
+    within = bytes([0, 255]) + bytes(398)                # a u8 mask: only pixel 1 counts
+    assert protocol.changed_fraction(before, bytes(after), 3, within, 1) == 1 / 400
+    wide = np.zeros((10, 10, 4), "<f4")                  # RGBA float: 16 bytes a pixel
+    moved = wide.copy()
+    moved[3, 3, 2] = 0.5
+    assert protocol.changed_fraction(wide.tobytes(), moved.tobytes(), 16) == 1 / 100
+    mask16 = np.zeros(100, "<u2")
+    mask16[33] = 256                                     # a u16 mask whose low byte is 0 still counts
+    assert protocol.changed_fraction(wide.tobytes(), moved.tobytes(), 16, mask16.tobytes(), 2) == 1 / 100
+
+
+def test_summary_says_which_mode_ran_and_what_changed():
+    assert protocol.summary("new-layer", 1, 0.1234, 2.46) == \
+        "AutoRetouch (New layer): 1 face, 12.3% of the layer's pixels changed, 2.5 s."
+    assert protocol.summary("in-place", 3, 0.5, 10.0, repeat=True) == \
+        "AutoRetouch (In place, repeated): 3 faces, 50.0% of the layer's pixels changed, 10.0 s."
+    assert set(protocol.MODE_LABELS) == set(protocol.OUTPUT_MODES)
+
+
 # --------------------------------------------------------------------------------------------
 # the installed plug-in's client and watchdog against the real server
 
@@ -316,9 +380,11 @@ def _wait(server, job: str, states: tuple, timeout: float = 60.0) -> dict:
 def test_plugin_run_job_gives_the_servers_pixels(server, ckpt, monkeypatch):
     monkeypatch.delenv(wire.TOKEN_ENV, raising=False)
     pixels, fmt, prepared = _body(160, 1)
-    progress, jobs = [], []
+    progress, jobs, statuses = [], [], []
     reply = client.Client(server.url).run_job(prepared.body, wire.MSGPACK_TYPE, wire.RetouchOptions(strength=0.5, faces=False),
-                                             on_progress=progress.append, on_job=jobs.append)
+                                             on_progress=progress.append, on_job=jobs.append,
+                                             on_status=statuses.append)
+    assert statuses[-1]["phase"] == "finished" and all(s["phase"] in wire.JOB_PHASES for s in statuses)
     out = np.frombuffer(protocol.decode_reply(reply.body, 160, 160, fmt), np.uint8).reshape(pixels.shape)
     np.testing.assert_array_equal(out, expected(ckpt, pixels, 0.5))
     assert not np.array_equal(out, pixels)
@@ -344,6 +410,8 @@ def test_plugin_and_server_agree_on_job_states(server):
     covered by the lists agreeing, not by a live job."""
     states = tuple(openapi_document("test", 1)["components"]["schemas"]["JobStatus"]["properties"]["state"]["enum"])
     assert wire.JOB_STATES == server_wire.JOB_STATES == states == typing.get_args(server_wire.JobState)
+    phases = openapi_document("test", 1)["components"]["schemas"]["JobStatus"]["properties"]["phase"]["enum"]
+    assert wire.JOB_PHASES == tuple(phases) == typing.get_args(server_wire.JobPhase)
     assert set(wire.ACTIVE) | set(wire.ENDED) == set(wire.JOB_STATES) and not set(wire.ACTIVE) & set(wire.ENDED)
     c = client.Client(server.url)
     seen = []
@@ -401,7 +469,11 @@ def test_install_layout_and_idempotence(tmp_path):
     assert target == tmp_path / "plug-ins" / "autoretouch"
     names = {p.name for p in target.iterdir()}
     assert names == {"autoretouch.py", "autoretouch_protocol.py", "autoretouch_watchdog.py", "autoretouch_errors.py",
-                     "autoretouch_wire.py", "autoretouch_client.py", gimp_install.MARKER}
+                     "autoretouch_wire.py", "autoretouch_client.py", gimp_install.MARKER, "help"}
+    # the page GIMP's Help button opens, and the map from the procedure's help id to it
+    help_map = (target / "help" / "en" / "gimp-help.xml").read_text()
+    assert 'id="plug-in-autoretouch" ref="index.html"' in help_map
+    assert "Strength" in (target / "help" / "en" / "index.html").read_text()
     shared = Path(gimp_install.__file__).parent
     for source, name in gimp_install.SHARED_MODULES.items():  # GIMP runs the very code the server runs
         assert (target / name).read_bytes() == (shared / source).read_bytes()

@@ -22,9 +22,12 @@ gi.require_version('Babl', '0.1')
 from gi.repository import Babl
 from gi.repository import GObject
 from gi.repository import GLib
+from gi.repository import Gio
+import os
 import queue
 import sys
 import threading
+import time
 
 import autoretouch_client as client
 import autoretouch_protocol as protocol
@@ -34,6 +37,9 @@ from autoretouch_watchdog import Watchdog
 
 PROC_NAME = "plug-in-autoretouch"
 LAYER_NAME = "AutoRetouch"
+# A global parasite, persistent across sessions: the settings last confirmed with OK.
+CONFIRMED = "autoretouch-confirmed-settings"
+HELP_DOMAIN = "plug-in-autoretouch-help"
 
 
 def N_(message): return message
@@ -41,23 +47,23 @@ def _(message): return GLib.dgettext(None, message)
 
 
 def autoretouch_run(procedure, run_mode, image, drawables, config, data):
+    started = time.monotonic()
     if run_mode == Gimp.RunMode.INTERACTIVE:
-        GimpUi.init(PROC_NAME)
-        dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config)
-        dialog.fill(None)
-        if not dialog.run():
-            dialog.destroy()
+        _apply(config, _confirmed(_settings(config)))
+        if not _dialog(procedure, config):
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-        dialog.destroy()
-
-    strength = config.get_property('strength')
-    mode = config.get_property('output-mode')
-    url = config.get_property('server-url')
-
+        started = time.monotonic()
+        # Stored now, not after the run: GIMP keeps a run's values only when it succeeds, and a
+        # run cancelled from the progress bar would leave Repeat with an older run's settings.
+        Gimp.attach_parasite(Gimp.Parasite.new(CONFIRMED, Gimp.PARASITE_PERSISTENT,
+                                               protocol.confirmed_settings(_settings(config))))
+    elif run_mode == Gimp.RunMode.WITH_LAST_VALS:
+        _apply(config, _confirmed(_settings(config)))
+    settings = _settings(config)
     try:
-        options = wire.RetouchOptions(strength=strength, mask=(mode == "new-layer-skin-mask"))
-        server = client.Client(url)
-        layer = _only_layer(drawables)
+        layer = _target_layer(drawables, settings.mode)
+        options = wire.RetouchOptions(strength=settings.strength, mask=(settings.mode == "new-layer-skin-mask"))
+        server = client.Client(settings.url)
         job = _read_layer(image, layer)
         reply = _retouch_off_main_thread(server, job.prepared.body, options)
         if reply.faces == 0:
@@ -68,13 +74,13 @@ def autoretouch_run(procedure, run_mode, image, drawables, config, data):
         mask = None if reply.mask is None else protocol.decode_mask(
             reply.mask, job.region.width, job.region.height, job.fmt)
     except Exception as err:  # typed errors and bugs alike: the image is untouched so far
-        return _error(procedure, protocol.user_message(err, url))
+        return _error(procedure, protocol.user_message(err, settings.url))
 
     # Everything that can fail for an outside reason has happened: now change the image.
     Gimp.context_push()
     image.undo_group_start()
     try:
-        _write_result(image, layer, job, pixels, mode, mask)
+        _write_result(image, layer, job, pixels, settings.mode, mask)
     except Exception as err:  # a bug: say so rather than report success
         return _error(procedure, f"AutoRetouch could not write the result: {err!r}. "
                                  "Please report this; Edit ▸ Undo reverts any partial change.")
@@ -82,32 +88,69 @@ def autoretouch_run(procedure, run_mode, image, drawables, config, data):
         image.undo_group_end()
         Gimp.context_pop()
     Gimp.displays_flush()
+    changed = protocol.changed_fraction(job.before, pixels, job.fmt.channels * job.fmt.itemsize,
+                                        mask, job.fmt.itemsize)
+    Gimp.message(protocol.summary(settings.mode, reply.faces or 0, changed, time.monotonic() - started,
+                                  repeat=run_mode == Gimp.RunMode.WITH_LAST_VALS))
     return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+
+
+def _settings(config):
+    return protocol.Settings(config.get_property('strength'), config.get_property('output-mode'),
+                             config.get_property('server-url'))
+
+
+def _confirmed(last):
+    parasite = Gimp.get_parasite(CONFIRMED)
+    return protocol.repeat_settings(bytes(parasite.get_data()) if parasite else None, last)
+
+
+def _apply(config, settings):
+    config.set_property('strength', settings.strength)
+    config.set_property('output-mode', settings.mode)
+    config.set_property('server-url', settings.url)
+
+
+def _dialog(procedure, config):
+    """The dialog, with a 0.05-step strength slider; True when the user pressed OK."""
+    GimpUi.init(PROC_NAME)
+    dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title=_("AutoRetouch"))
+    strength = dialog.get_scale_entry("strength", 1.0)
+    strength.set_increments(0.05, 0.25)
+    strength.set_digits(2)
+    dialog.fill(["strength", "output-mode", "server-url"])
+    try:
+        return dialog.run()
+    finally:
+        dialog.destroy()
 
 
 def _error(procedure, message):
     return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, GLib.Error(message))
 
 
-def _only_layer(drawables):
-    if len(drawables) != 1:
-        raise BadImageError(_("AutoRetouch works on one layer at a time: select a single "
-                              "layer in the Layers dialog"))
-    layer = drawables[0]
-    if not isinstance(layer, Gimp.Layer) or isinstance(layer, Gimp.LayerMask):
-        raise BadImageError(_("AutoRetouch works on layers, not on channels or masks: "
-                              "select a layer in the Layers dialog"))
-    if layer.is_group():
-        raise BadImageError(_("AutoRetouch cannot work on a layer group: select one of "
-                              "its layers"))
-    return layer
+def _kind(drawable):
+    if isinstance(drawable, Gimp.LayerMask):
+        return "layer-mask"
+    if not isinstance(drawable, Gimp.Layer):
+        return "channel"
+    if drawable.is_group():
+        return "group"
+    return "text-layer" if drawable.is_text_layer() else "layer"
+
+
+def _target_layer(drawables, mode):
+    """The layer to retouch: the one selected, or the layer whose mask is selected."""
+    drawable = drawables[protocol.choose_layer([_kind(d) for d in drawables], mode)]
+    return Gimp.Layer.from_mask(drawable) if isinstance(drawable, Gimp.LayerMask) else drawable
 
 
 class _Job:
-    def __init__(self, region, fmt, babl_name, prepared):
+    def __init__(self, region, fmt, babl_name, before, prepared):
         self.region = region        # protocol.Region in layer coordinates
         self.fmt = fmt              # protocol.WireFormat
         self.babl_name = babl_name  # fmt.babl, or the layer's own format with its colour space
+        self.before = before        # the pixels read, in babl_name: what the summary compares with
         self.prepared = prepared    # protocol.Prepared
 
 
@@ -132,9 +175,9 @@ def _read_layer(image, layer):
     own = layer.get_format()
     babl_name = Babl.get_name(own) if Babl.format_get_encoding(own) == fmt.babl else fmt.babl
     rect = Gegl.Rectangle.new(region.x, region.y, region.width, region.height)
-    pixels = layer.get_buffer().get(rect, 1.0, babl_name, Gegl.AbyssPolicy.NONE)
-    return _Job(region, fmt, babl_name, protocol.encode_request(bytes(pixels), region.width,
-                                                                region.height, fmt))
+    pixels = bytes(layer.get_buffer().get(rect, 1.0, babl_name, Gegl.AbyssPolicy.NONE))
+    return _Job(region, fmt, babl_name, pixels,
+                protocol.encode_request(pixels, region.width, region.height, fmt))
 
 
 def _retouch_off_main_thread(server, body, options):
@@ -147,12 +190,14 @@ def _retouch_off_main_thread(server, body, options):
         try:
             result = server.run_job(body, wire.MSGPACK_TYPE, options,
                                     on_progress=lambda f: events.put(("progress", f)),
+                                    on_status=lambda status: events.put(("status", status)),
                                     on_job=watchdog.watch, cancel=cancel)
             events.put(("done", result))
         except Exception as err:  # typed or a bug: the main thread turns it into a sentence
             events.put(("error", err))
 
-    Gimp.progress_init(_("AutoRetouch: retouching on the server…"))
+    Gimp.progress_init(protocol.SENDING_TEXT)
+    shown = protocol.SENDING_TEXT
     worker = threading.Thread(target=work, name="autoretouch-http", daemon=True)
     worker.start()
     try:
@@ -163,6 +208,11 @@ def _retouch_off_main_thread(server, body, options):
                 continue
             if kind == "progress":
                 Gimp.progress_update(value)
+            elif kind == "status":
+                text = protocol.phase_text(value)
+                if text != shown:
+                    Gimp.progress_set_text(text)
+                    shown = text
             elif kind == "done":
                 return value
             else:
@@ -179,18 +229,11 @@ def _write_result(image, layer, job, pixels, mode, skin):
     rect = Gegl.Rectangle.new(region.x, region.y, region.width, region.height)
     fmt = job.babl_name
 
-    if mode == "in-place":
-        target = layer
-    else:
-        target = layer.copy()
-        target.set_name(LAYER_NAME)
-        image.insert_layer(target, layer.get_parent(), image.get_item_position(layer))
+    target = layer if mode == "in-place" else _raster_copy(image, layer)
 
     if mode in ("new-layer-mask", "new-layer-skin-mask"):
         # The layer mask does the blending, so the whole region goes in unblended and stays
         # editable.  The layer is new: its undo is the insertion.
-        if target.get_mask() is not None:
-            target.remove_mask(Gimp.MaskApplyMode.DISCARD)
         buffer = target.get_buffer()
         buffer.set(rect, fmt, pixels)
         buffer.flush()
@@ -215,11 +258,41 @@ def _write_result(image, layer, job, pixels, mode, skin):
     target.update(region.x, region.y, region.width, region.height)
 
 
+def _raster_copy(image, layer):
+    """A plain raster copy of ``layer`` (its pixels, opacity and mode) above it, named "AutoRetouch".
+
+    Not ``layer.copy()``: a text layer's copy is a text layer, which writing pixels would turn
+    into a raster layer behind the user's back."""
+    copy = Gimp.Layer.new(image, LAYER_NAME, layer.get_width(), layer.get_height(), layer.type(),
+                          layer.get_opacity(), layer.get_mode())
+    _, off_x, off_y = layer.get_offsets()
+    copy.set_offsets(off_x, off_y)
+    image.insert_layer(copy, layer.get_parent(), image.get_item_position(layer))
+    own = Babl.get_name(layer.get_format())
+    rect = Gegl.Rectangle.new(0, 0, layer.get_width(), layer.get_height())
+    buffer = copy.get_buffer()
+    buffer.set(rect, own, layer.get_buffer().get(rect, 1.0, own, Gegl.AbyssPolicy.NONE))
+    buffer.flush()
+    return copy
+
+
+MODE_HELP = {
+    "new-layer": N_("A new layer above the source"),
+    "new-layer-mask": N_("A new layer above the source, with a layer mask from the selection"),
+    "in-place": N_("Change the layer itself (not a text layer: it would lose its text)"),
+    "new-layer-skin-mask": N_("A new layer above the source whose layer mask is the skin the retouch "
+                              "went through: paint it to keep or extend the edit"),
+}
+
+
 class AutoRetouch(Gimp.PlugIn):
     def do_set_i18n(self, procname):
         return False
 
     def do_query_procedures(self):
+        # The help page ships beside this file (help/en/index.html, mapped by gimp-help.xml).
+        help_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "help")
+        self.set_help_domain(HELP_DOMAIN, Gio.File.new_for_path(help_dir))
         return [PROC_NAME]
 
     def do_create_procedure(self, name):
@@ -227,8 +300,11 @@ class AutoRetouch(Gimp.PlugIn):
         procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN,
                                             autoretouch_run, None)
         procedure.set_image_types("RGB*, GRAY*")
-        procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
-        procedure.set_menu_label(_("_AutoRetouch..."))
+        # Several selected layers keep the menu item active, so the plug-in can say what to do
+        # ("one layer at a time") instead of GIMP's misleading "only works on RGB, Grayscale".
+        procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE
+                                       | Gimp.ProcedureSensitivityMask.DRAWABLES)
+        procedure.set_menu_label(_("_AutoRetouch..."))  # the dialog's title has no dots
         procedure.add_menu_path("<Image>/Filters/Enhance")
         procedure.set_documentation(
             _("Retouch faces automatically (AutoRetouch server)"),
@@ -239,19 +315,15 @@ class AutoRetouch(Gimp.PlugIn):
             name)
         procedure.set_attribution("AutoRetouch", "AutoRetouch", "2026")
 
-        procedure.add_double_argument("strength", _("_Strength"),
+        # Mnemonics clear of the dialog's own buttons (_Save Settings, _OK, _Reset, _Help, _Cancel).
+        procedure.add_double_argument("strength", _("S_trength"),
                                       _("How strongly to retouch: 0 = unchanged, 1 = as trained, "
                                         "up to 2 = exaggerated"),
                                       0.0, 2.0, 1.0, GObject.ParamFlags.READWRITE)
         modes = Gimp.Choice.new()
-        modes.add("new-layer", 0, _("New layer"), _("A new layer above the source"))
-        modes.add("new-layer-mask", 1, _("New layer with mask"),
-                  _("A new layer above the source, with a layer mask from the selection"))
-        modes.add("in-place", 2, _("In place"), _("Change the layer itself"))
-        modes.add("new-layer-skin-mask", 3, _("New layer with skin mask"),
-                  _("A new layer above the source whose layer mask is the skin the retouch went through: "
-                    "paint it to keep or extend the edit"))
-        procedure.add_choice_argument("output-mode", _("_Output"), _("Where the result goes"),
+        for index, (mode, label) in enumerate(protocol.MODE_LABELS.items()):
+            modes.add(mode, index, _(label), _(MODE_HELP[mode]))
+        procedure.add_choice_argument("output-mode", _("Out_put"), _("Where the result goes"),
                                       modes, "new-layer", GObject.ParamFlags.READWRITE)
         procedure.add_string_argument("server-url", _("Server _URL"),
                                       _("Address of the AutoRetouch server"),
