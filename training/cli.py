@@ -1,5 +1,6 @@
 """``autoretouch-train``: make pairs, train, check, export, evaluate and describe generators.
 
+    autoretouch-train heal --out data/heal --photos portraits/*.jpg --face-scale 256 --synthetic 7
     autoretouch-train synthetic --out data/synthetic --photos photos/*.jpg --pairs-per-photo 8
     autoretouch-train check --data data/ffhqr
     autoretouch-train train --data data/ffhqr --out runs/paper --vgg-weights vgg19.pth
@@ -138,6 +139,35 @@ def _synthetic_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_cmd_synthetic)
 
 
+def _heal_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "heal",
+        help="make before/after pairs from real portraits: each face healed of its spots and redness as the target",
+        formatter_class=_Formatter,
+        description=textwrap.dedent("""\
+            Make training pairs from real, unretouched portraits. Every face is cut out and
+            resampled so the distance between its eye centres is --face-scale pixels. The real
+            face is the 'before'; the same face healed (spots, pimples and redness brought to the
+            skin around them, under-eye shadows softened, freckles, moles and texture kept) is
+            the 'after'. --synthetic adds more 'before' images with made-up blemishes on the same
+            face. Writes the studio layout OUT/before/NAME-fK[-sNN].png and OUT/after/..., plus
+            OUT/heal.json with what was found; look at OUT/after to preview the targets.
+            See docs/training.md.
+
+            Example:
+              autoretouch-train heal --out data/heal --photos portraits/*.jpg --face-scale 256 --synthetic 7
+              autoretouch-train train --data data/heal --layout studio --face-scale 256 --out runs/heal
+            """),
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder (studio layout); pairs are added to what is there")
+    p.add_argument("--photos", required=True, nargs="+", type=Path, help="real portraits (PNG, JPEG, ...), with distinct file names")
+    p.add_argument("--face-scale", type=float, default=256.0, metavar="PX",
+                   help="inter-ocular distance the faces are resampled to: the scale the model will be trained at")
+    p.add_argument("--synthetic", type=int, default=0, metavar="N", help="per face, N more pairs with synthetic blemishes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic blemishes")
+    p.set_defaults(handler=_cmd_heal)
+
+
 def _model_card_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "model-card",
@@ -256,6 +286,30 @@ def _cmd_synthetic(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def _cmd_heal(args: argparse.Namespace, command: str) -> int:
+    from .heal_pairs import write_heal_pairs
+
+    if args.synthetic < 0:
+        raise BadOptionError(f"--synthetic must be 0 or more, got {args.synthetic}")
+    if not args.face_scale > 0:
+        raise BadOptionError(f"--face-scale must be a positive number of pixels, got {args.face_scale}")
+    stems = [photo.stem for photo in args.photos]
+    if len(set(stems)) != len(stems):
+        raise BadOptionError("the photos must have distinct file names (they name the pairs)")
+    try:
+        report = write_heal_pairs(args.photos, args.out, args.face_scale, args.synthetic, args.seed)
+    except OSError as exc:  # reading is checked by load_photo; this is the output side
+        raise DataError(f"cannot write the pairs into {args.out}: {exc}") from exc
+    faces = [face for found in report["photos"].values() for face in found]
+    pairs = sum(face["pairs"] for face in faces)
+    healed = sum(face["found"]["red"] + face["found"]["dark"] for face in faces)
+    print(f"wrote {pairs} pairs of {len(faces)} faces to {args.out} ({healed} spots healed)")
+    for name, found in report["photos"].items():
+        if not found:
+            print(f"  {name}: no face found, no pairs")
+    return 0
+
+
 def _cmd_model_card(args: argparse.Namespace, command: str) -> int:
     from plugin_server import checkpoint
 
@@ -274,12 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="autoretouch-train",
         formatter_class=_Formatter,
         description="Train AutoRetouch generators and turn them into checkpoints the server loads. "
-        "Start with `check` (or make pairs with `synthetic`), then `train`, then `export`; `evaluate` prints "
+        "Start with `check` (or make pairs from real portraits with `heal`, or with `synthetic`), then `train`, then `export`; `evaluate` prints "
         "the paper's table and `model-card` measures a model on held-out material.",
     )
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{synthetic,check,train,export,evaluate,model-card}"
+        dest="command", required=True, metavar="{heal,synthetic,check,train,export,evaluate,model-card}"
     )
+    _heal_parser(sub)
     _synthetic_parser(sub)
     _train_parser(sub)
 

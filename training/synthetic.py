@@ -480,7 +480,7 @@ class SyntheticPairs:
         return keep_crop(clean, aligned_face_box(*clean.shape[:2]), np.random.default_rng([self.seed, index, 1]))
 
 
-def _write_png(image: np.ndarray, path: Path) -> None:
+def write_png(image: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     Image.fromarray(image).save(tmp, format="PNG")
@@ -501,7 +501,7 @@ def write_pairs(pairs: SyntheticPairs, names: Sequence[str], out: Path, keep: bo
             crop = pairs.keep(clean, index)
             items.append((f"{stem}-keep.png", crop, crop))
         for name, before, after in items:
-            _write_png(before, out / "before" / name)
-            _write_png(after, out / "after" / name)
+            write_png(before, out / "before" / name)
+            write_png(after, out / "after" / name)
             written.append(name)
     return written

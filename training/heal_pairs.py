@@ -1,0 +1,103 @@
+"""Training pairs from real portraits: each face at the model's scale, healed as the target.
+
+    autoretouch-train heal --out data/heal --photos portraits/*.jpg --face-scale 256 --synthetic 7
+
+For every face in every photo: a crop around its skin (with ``MARGIN`` IODs of context) resampled
+so its inter-ocular distance (IOD) is ``face_scale`` with the engine's own resampler, then
+
+- OUT/before/NAME-fK.png: the real face, and OUT/after/NAME-fK.png: the same healed
+  (``training/heal.py``) — real blemishes in, healed skin out;
+- OUT/before/NAME-fK-sNN.png: the real face with synthetic blemishes (``training/synthetic.py``)
+  multiplied into its skin, against the same healed target: more examples of what to remove.
+
+OUT/heal.json records the procedure's parameters, the scale and what was found on every face, so
+a model's metadata can say exactly what it learnt from. Look at OUT/after to preview the targets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from plugin_server.face_retouch import resize
+from plugin_server.faces import Face, face_from_landmarks, skin_mask
+
+from .heal import Found, HealParams, heal
+from .synthetic import BlemishConfig, add_blemishes, load_photo, write_png
+
+MARGIN = 0.35  # IODs of context around each face's skin box, beyond the training window's reach
+FFHQ_IOD = 260.0  # px: the face size training/synthetic.py's blemish sizes are set for
+REPORT_FILE = "heal.json"
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    pixels: np.ndarray  # (h, w, 3) uint8 at the face scale
+    face: Face  # landmarks in the crop's pixels
+    mask: np.ndarray  # float32 (h, w): the face's skin
+
+
+def face_crops(photo: np.ndarray, faces: Sequence[Face], face_scale: float) -> list[FaceCrop]:
+    """Every face of ``photo`` (H, W, 3) uint8 cut out and resampled to an IOD of ``face_scale``."""
+    crops = []
+    height, width = photo.shape[:2]
+    for face in faces:
+        margin = MARGIN * face.iod
+        x0, y0, x1, y1 = face.box
+        x0, y0 = int(max(x0 - margin, 0)), int(max(y0 - margin, 0))
+        x1, y1 = int(min(x1 + margin, width)), int(min(y1 + margin, height))
+        factor = face_scale / face.iod
+        size = (max(1, round((y1 - y0) * factor)), max(1, round((x1 - x0) * factor)))
+        native = photo[y0:y1, x0:x1].astype(np.float32) / 255
+        pixels = np.clip(np.round(resize(native, size) * 255), 0, 255).astype(np.uint8)
+        # Pixel centres map as the resampler maps them (align_corners=False).
+        scale = np.float32([size[1] / (x1 - x0), size[0] / (y1 - y0)])
+        landmarks = (face.landmarks - np.float32([x0, y0]) + 0.5) * scale - 0.5
+        local = face_from_landmarks(landmarks, face.score, size)
+        crops.append(FaceCrop(pixels, local, skin_mask(pixels, local, (0, 0, size[1], size[0]))))
+    return crops
+
+
+def heal_crop(crop: FaceCrop, params: HealParams) -> tuple[np.ndarray, Found]:
+    """The crop healed, uint8, and what the procedure found on it."""
+    healed, found = heal(crop.pixels.astype(np.float32) / 255, crop.face, crop.mask, params, report=True)
+    return np.clip(np.round(healed * 255), 0, 255).astype(np.uint8), found
+
+
+def with_blemishes(crop: FaceCrop, rng: np.random.Generator, face_scale: float,
+                   config: BlemishConfig = BlemishConfig()) -> np.ndarray:
+    """The real crop with synthetic blemishes multiplied into its skin (uint8)."""
+    return add_blemishes(crop.pixels, crop.mask > 0.5, rng, face_scale / FFHQ_IOD, config)
+
+
+def write_heal_pairs(photos: Sequence[Path], out: Path, face_scale: float, synthetic: int, seed: int,
+                     params: HealParams = HealParams(), config: BlemishConfig = BlemishConfig()) -> dict:
+    """Write the pairs of every photo (see the module's docstring); returns what heal.json holds."""
+    from plugin_server.landmarks import find_faces  # the face models: only this command needs them
+
+    report: dict = {"version": 1, "face_scale": face_scale, "synthetic_per_face": synthetic, "seed": seed,
+                    "params": params.to_dict(), "photos": {}}
+    for number, path in enumerate(photos):
+        photo = load_photo(path)
+        faces = find_faces(photo)
+        report["photos"][path.name] = []
+        for k, crop in enumerate(face_crops(photo, faces, face_scale)):
+            target, found = heal_crop(crop, params)
+            stem = f"{path.stem}-f{k}"
+            items = [(stem, crop.pixels)]
+            rng = np.random.default_rng([seed, number, k])
+            items += [(f"{stem}-s{i:02d}", with_blemishes(crop, rng, face_scale, config)) for i in range(1, synthetic + 1)]
+            for name, before in items:
+                write_png(before, out / "before" / f"{name}.png")
+                write_png(target, out / "after" / f"{name}.png")
+            report["photos"][path.name].append({"iod": round(faces[k].iod, 2), "found": found.__dict__,
+                                                "pairs": len(items)})
+    temporary = out / (REPORT_FILE + ".tmp")
+    temporary.write_text(json.dumps(report, indent=1) + "\n")
+    os.replace(temporary, out / REPORT_FILE)
+    return report
