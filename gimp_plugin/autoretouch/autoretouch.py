@@ -304,7 +304,8 @@ class AutoRetouch(Gimp.PlugIn):
         # ("one layer at a time") instead of GIMP's misleading "only works on RGB, Grayscale".
         procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE
                                        | Gimp.ProcedureSensitivityMask.DRAWABLES)
-        procedure.set_menu_label(_("_AutoRetouch..."))  # the dialog's title has no dots
+        # "_Antialias" holds A in Filters > Enhance; the dialog's title has no dots.
+        procedure.set_menu_label(_("Au_toRetouch..."))
         procedure.add_menu_path("<Image>/Filters/Enhance")
         procedure.set_documentation(
             _("Retouch faces automatically (AutoRetouch server)"),
