@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from plugin_server import checkpoint
-from plugin_server.model import Generator, GeneratorConfig, Model
+from plugin_server.model import GeneratorConfig
 from training.cli import main
+from conftest import make_edit_model
 from train_fixtures import SHARED_DATA, needs_shared_data
 
 ENTRY = Path(sys.executable).with_name("autoretouch-train")
@@ -76,33 +76,38 @@ def test_model_card_refuses_a_bad_crops_file_before_measuring(tmp_path: Path, ca
 
 @needs_shared_data
 def test_model_card_measures_what_the_crops_file_names(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = tmp_path / "tiny.pt"
-    checkpoint.save(model, Model(Generator(GeneratorConfig(4, 8, 1)), metadata={"steps": 7, "trained_on": "nothing"}))
-    heldout = tmp_path / "local"
-    assert main(["synthetic", "--out", str(heldout), "--photos", str(PORTRAITS / "ffhq-00007.png"), "--aligned",
-                 "--pairs-per-photo", "2", "--short-side", "256", "--kinds", "spots"]) == 0
+    model = tmp_path / "edits.pt"
+    checkpoint.save(model, make_edit_model(0, GeneratorConfig(4, 8, 1), scale=128.0,
+                                           metadata={"steps": 7, "trained_on": "nothing"}))
+    heldout = tmp_path / "heal"
+    assert main(["heal", "--out", str(heldout), "--photos", str(PORTRAITS / "ffhq-00007.png"), "--face-scale", "128"]) == 0
     crops = tmp_path / "crops.json"
     crops.write_text(json.dumps({"side": 100, "crops": [
         {"photo": "ffhq-00008.png", "label": "left cheek", "centre": [600, 380], "name": "left.png"},
         {"photo": "ffhq-00008.png", "label": "skin", "centre": None, "name": "skin.png"},
         {"photo": "ffhq-00008.png", "label": "corner", "centre": [0, 5000], "name": "corner.png"},  # kept inside
     ]}))
-    pair = SHARED_DATA / "ffhqr-pair"
+    teaser = SHARED_DATA / "ffhqr-teaser"
     out = tmp_path / "card"
-    assert main(["model-card", "--checkpoint", str(model), "--heldout", str(heldout),
-                 "--pair", str(pair / "00000-original.png"), str(pair / "00000-retouched.png"),
+    assert main(["model-card", "--checkpoint", str(model), "--heldout", str(heldout), "--held-out-photos", "ffhq-00008.png",
+                 "--pair", str(teaser / "teaser-1-original.png"), str(teaser / "teaser-1-retouched.png"),
                  "--photos", str(PORTRAITS), "--crops", str(crops), "--out", str(out), "--device", "cpu"]) == 0
     report = json.loads((out / "metrics.json").read_text())
-    assert report["model"] == {"file": "tiny.pt", "steps": 7, "trained_on": "nothing", "init": None}
-    assert report["heldout_local"]["images"] == 2 and report["ffhqr_pair"]["images"] == 1
-    for part in ("heldout_local", "ffhqr_pair"):
-        assert report[part]["no_edit"]["psnr"] > 20 and np.isfinite(report[part]["model"]["psnr"])
-    portrait = report["portraits"]["ffhq-00008"]
-    assert 0 < portrait["changed"] <= 1 and portrait["changed_over_10"] <= portrait["changed_over_1"] <= portrait["changed"]
-    boxes = {c["file"]: (c["top"], c["left"]) for c in portrait["crops"]}
-    assert boxes["left.png"] == (550, 330) and boxes["corner.png"] == (0, 1024 - 100)
-    photo = np.asarray(Image.open(PORTRAITS / "ffhq-00008.png").convert("RGB"))
+    assert report["model"] == {"file": "edits.pt", "steps": 7, "trained_on": "nothing", "scale": 128.0, "trained_photos": []}
+    assert report["heldout_heal"]["images"] == 1 and report["heldout_heal"]["no_edit"]["psnr"] > 20
+    pair = report["pairs"]["teaser-1-original"]
+    assert pair["faces"] == 1 and pair["no_edit"]["psnr"] > 25
+    assert pair["heal"]["psnr"] != pair["no_edit"]["psnr"] and -1 <= pair["model"]["corr_L"] <= 1
+    photo = report["held_out_photos"]["ffhq-00008"]
+    assert photo["changed"] > 0 and photo["changed_off_skin"] == 0  # edits everywhere, kept to the skin
+    face = photo["faces"][0]
+    assert face["red_spots"] > 0 and face["redness_removed_heal"] > 0.5
+    assert 0 < face["texture_kept_model"] and np.isfinite(face["redness_removed_model"])
+    shown = {c["file"]: c for c in report["crops"]["ffhq-00008"]}
+    assert (shown["left.png"]["top"], shown["left.png"]["left"]) == (550, 330)
+    assert (shown["corner.png"]["top"], shown["corner.png"]["left"]) == (0, 1024 - 100)
+    assert shown["left.png"]["max_change"] > 0 and shown["corner.png"]["max_change"] == 0  # a background corner
+    before = np.asarray(Image.open(PORTRAITS / "ffhq-00008.png").convert("RGB"))
     strip = np.asarray(Image.open(out / "left.png"))
     assert strip.shape == (200, 2 * (3 * 100 + 16), 3)  # before | after | difference, at 2x
-    assert np.array_equal(strip[::2, :200:2], photo[550:650, 330:430])  # the before panel is the photo
+    assert np.array_equal(strip[::2, :200:2], before[550:650, 330:430])  # the before panel is the photo

@@ -174,21 +174,27 @@ def _model_card_parser(sub: argparse._SubParsersAction) -> None:
         help="measure an exported model on held-out material for its model card",
         formatter_class=_Formatter,
         description=textwrap.dedent("""\
-            Measure a model on material it was not trained on, for the README's model card:
-            - PSNR, SSIM and masked PSNR beside No edit, on held-out synthetic pairs (made with
-              `autoretouch-train synthetic` from photos kept out of training) and on a real
-              before/after pair;
-            - each portrait the crops file names, retouched whole: the share of pixels changed, and
-              its crops of skin saved as before | after | difference x8.
+            Measure a model on material it was not trained on, for the README's model card. Every
+            retouch is what a user gets (faces found, each at the model's scale, skin only, fp32):
+            - held-out heal pairs (from `autoretouch-train heal` on photos kept out of training):
+              PSNR, SSIM and masked PSNR against the healed target, beside No edit;
+            - real before/after pairs (--pair, e.g. FFHQR): the same against the professional's
+              retouch for No edit, the heal procedure and the model, with how well each edit
+              agrees with the professional's over skin;
+            - held-out portraits: the redness of the red spots removed, the skin texture and the
+              freckles kept, the pixels changed off the skin (should be 0) and the time;
+            - the squares of skin the crops file names, saved as before | after | difference x8.
             Writes OUT/metrics.json and OUT/*.png and prints the tables. `make model-card MODEL=m.pt`
             runs it on the shared photos with docs/model-card/crops.json.
             """),
     )
     p.add_argument("--checkpoint", required=True, type=Path, help="exported model to measure (from `export`)")
-    p.add_argument("--heldout", required=True, type=Path, nargs="+",
-                   help="studio-layout folders of held-out pairs (from `synthetic`), each scored on its own, named by its folder")
-    p.add_argument("--pair", required=True, type=Path, nargs=2, metavar=("BEFORE", "AFTER"),
-                   help="a real retouch: the original photo and its retouched version (e.g. the FFHQR pair)")
+    p.add_argument("--heldout", type=Path, nargs="+", default=[],
+                   help="studio-layout folders of held-out pairs (from `heal`), each scored on its own, named by its folder")
+    p.add_argument("--held-out-photos", nargs="+", default=[], metavar="NAME",
+                   help="portraits in --photos kept out of training, measured for what was removed and kept")
+    p.add_argument("--pair", type=Path, nargs=2, metavar=("BEFORE", "AFTER"), action="append", default=[],
+                   help="a real retouch: the original photo and its retouched version (repeat for more pairs)")
     p.add_argument("--photos", required=True, type=Path, help="folder holding the portraits the crops file names")
     p.add_argument("--crops", required=True, type=Path,
                    help="JSON file of the crops to show: {'side': pixels, 'crops': [{'photo', 'label', 'centre': [y, x] "
@@ -297,7 +303,7 @@ def _cmd_heal(args: argparse.Namespace, command: str) -> int:
     if len(set(stems)) != len(stems):
         raise BadOptionError("the photos must have distinct file names (they name the pairs)")
     try:
-        report = write_heal_pairs(args.photos, args.out, args.face_scale, args.synthetic, args.seed)
+        report = write_heal_pairs(args.photos, args.out, args.face_scale, args.synthetic, args.seed, command=command)
     except OSError as exc:  # reading is checked by load_photo; this is the output side
         raise DataError(f"cannot write the pairs into {args.out}: {exc}") from exc
     faces = [face for found in report["photos"].values() for face in found]
@@ -317,8 +323,8 @@ def _cmd_model_card(args: argparse.Namespace, command: str) -> int:
 
     plan = model_card.read_crops(args.crops)  # before the slow part: a bad file stops at once
     model = checkpoint.load(args.checkpoint)
-    report = model_card.measure(model, args.checkpoint, args.heldout, tuple(args.pair), plan, args.photos, args.out,
-                                resolve_device(args.device))
+    report = model_card.measure(model, args.checkpoint, args.heldout, args.held_out_photos, [tuple(p) for p in args.pair],
+                                plan, args.photos, args.out, resolve_device(args.device))
     print(model_card.summary(report))
     return 0
 

@@ -40,6 +40,7 @@ class FaceCrop:
     pixels: np.ndarray  # (h, w, 3) uint8 at the face scale
     face: Face  # landmarks in the crop's pixels
     mask: np.ndarray  # float32 (h, w): the face's skin
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 it was cut from, in the photo's pixels
 
 
 def face_crops(photo: np.ndarray, faces: Sequence[Face], face_scale: float) -> list[FaceCrop]:
@@ -49,18 +50,32 @@ def face_crops(photo: np.ndarray, faces: Sequence[Face], face_scale: float) -> l
     for face in faces:
         margin = MARGIN * face.iod
         x0, y0, x1, y1 = face.box
-        x0, y0 = int(max(x0 - margin, 0)), int(max(y0 - margin, 0))
-        x1, y1 = int(min(x1 + margin, width)), int(min(y1 + margin, height))
+        box = (int(max(x0 - margin, 0)), int(max(y0 - margin, 0)), int(min(x1 + margin, width)), int(min(y1 + margin, height)))
         factor = face_scale / face.iod
-        size = (max(1, round((y1 - y0) * factor)), max(1, round((x1 - x0) * factor)))
-        native = photo[y0:y1, x0:x1].astype(np.float32) / 255
-        pixels = np.clip(np.round(resize(native, size) * 255), 0, 255).astype(np.uint8)
+        size = (max(1, round((box[3] - box[1]) * factor)), max(1, round((box[2] - box[0]) * factor)))
+        pixels = cut(photo, box, size)
         # Pixel centres map as the resampler maps them (align_corners=False).
-        scale = np.float32([size[1] / (x1 - x0), size[0] / (y1 - y0)])
-        landmarks = (face.landmarks - np.float32([x0, y0]) + 0.5) * scale - 0.5
+        scale = np.float32([size[1] / (box[2] - box[0]), size[0] / (box[3] - box[1])])
+        landmarks = (face.landmarks - np.float32(box[:2]) + 0.5) * scale - 0.5
         local = face_from_landmarks(landmarks, face.score, size)
-        crops.append(FaceCrop(pixels, local, skin_mask(pixels, local, (0, 0, size[1], size[0]))))
+        crops.append(FaceCrop(pixels, local, skin_mask(pixels, local, (0, 0, size[1], size[0])), box))
     return crops
+
+
+def cut(photo: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:
+    """``box`` of ``photo`` (uint8) resampled to ``size`` (h, w) with the engine's resampler, uint8:
+    also how a retouched photo is cut like its original, to measure both at the face scale."""
+    x0, y0, x1, y1 = box
+    native = photo[y0:y1, x0:x1, :3].astype(np.float32) / 255
+    return np.clip(np.round(resize(native, size) * 255), 0, 255).astype(np.uint8)
+
+
+def heal_photo(photo: np.ndarray, faces: Sequence[Face], params: HealParams = HealParams()) -> np.ndarray:
+    """``photo`` (H, W, 3) uint8 with every face healed at its own resolution, uint8."""
+    rgb = photo[..., :3].astype(np.float32) / 255
+    for face in faces:
+        rgb = heal(rgb, face, skin_mask(photo, face, (0, 0, photo.shape[1], photo.shape[0])), params)
+    return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
 
 
 def heal_crop(crop: FaceCrop, params: HealParams) -> tuple[np.ndarray, Found]:
@@ -76,11 +91,12 @@ def with_blemishes(crop: FaceCrop, rng: np.random.Generator, face_scale: float,
 
 
 def write_heal_pairs(photos: Sequence[Path], out: Path, face_scale: float, synthetic: int, seed: int,
-                     params: HealParams = HealParams(), config: BlemishConfig = BlemishConfig()) -> dict:
+                     params: HealParams = HealParams(), config: BlemishConfig = BlemishConfig(),
+                     command: str = "") -> dict:
     """Write the pairs of every photo (see the module's docstring); returns what heal.json holds."""
     from plugin_server.landmarks import find_faces  # the face models: only this command needs them
 
-    report: dict = {"version": 1, "face_scale": face_scale, "synthetic_per_face": synthetic, "seed": seed,
+    report: dict = {"version": 1, "command": command, "face_scale": face_scale, "synthetic_per_face": synthetic, "seed": seed,
                     "params": params.to_dict(), "photos": {}}
     for number, path in enumerate(photos):
         photo = load_photo(path)

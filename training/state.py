@@ -19,6 +19,7 @@ written with ``plugin_server.checkpoint.atomic_torch_save`` (temporary name, fsy
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -35,6 +36,7 @@ from plugin_server.errors import CheckpointError
 from plugin_server.model import Generator
 
 from .config import TrainConfig
+from .heal_pairs import REPORT_FILE as HEAL_REPORT
 
 FORMAT = "autoretouch-training"
 VERSION = 1
@@ -160,6 +162,9 @@ def export(
         source = load_any_generator(state.config.init).metadata
         keys = ("trained_on", "epochs", "steps", "train_command")
         metadata["init"] = {"checkpoint": state.config.init, **{k: source.get(k) for k in keys}}
+    made_by = Path(state.config.data) / HEAL_REPORT
+    if made_by.is_file():  # pairs from `autoretouch-train heal`: the procedure's parameters and photos
+        metadata["data_engine"] = json.loads(made_by.read_text())
     model = Model(state.generator(), residual_floor=residual_floor or 0.0, scale=state.scale, metadata=metadata)
     server_checkpoint.save(out, model)
     return Path(out)
