@@ -36,52 +36,44 @@ bench: $(VENV)/.installed
 serve: $(VENV)/.installed
 	$(VENV)/bin/autoretouch-server $(SERVE_ARGS)
 
-# The starter model from scratch, seeded (about 75 min on a 2-core CPU), in two stages on synthetic
-# pairs made from the shared photos (FFHQ 1-6 and three Pexels portraits; FFHQ 7-9, the fourth
-# Pexels portrait and the FFHQR pair are held out): (1) MSE on every blemish kind; (2) fine-tuned
-# on local blemishes (spots, pimples) in 96-px windows centred on them, unwanted edits costing 8x;
-# exported into the package with a 5-level floor.
-STARTER := build/starter
+# The starter model from scratch, seeded (about 2 h on a 2-core CPU): `autoretouch-train heal`
+# cuts every face of twelve shared portraits out at an IOD of 256 px and heals it (spots, pimples,
+# redness, under-eye shadows; freckles, moles and texture kept) as the target; each face gives the
+# real face and seven with synthetic blemishes as inputs. Trained with MSE at that face scale and
+# exported with a 1-level floor. Held out: FFHQ 00009, StyleAvatar input 2 and the Ike Louie
+# Natividad portrait (and the FFHQR pairs). See docs/training.md.
+HEAL := build/heal
 PHOTOS := ../shared/data/portraits
-FFHQ_TRAIN := $(foreach i,1 2 3 4 5 6,$(PHOTOS)/ffhq-0000$(i).png)
-PEXELS_TRAIN := $(PHOTOS)/pexels-aadil-2598024.jpg $(PHOTOS)/pexels-ike-louie-natividad-2709388.jpg \
-	$(PHOTOS)/pexels-mateus-souza-3586798.jpg
+TRAIN_PHOTOS := $(foreach i,1 2 3 4 5 6 7 8,$(PHOTOS)/ffhq-0000$(i).png) $(PHOTOS)/pexels-aadil-2598024.jpg \
+	$(PHOTOS)/pexels-mateus-souza-3586798.jpg $(PHOTOS)/pexels-simon-robben-614810.jpg \
+	$(PHOTOS)/styleavatar-retouching-input-3.png
+HELD_OUT := ffhq-00009.png styleavatar-retouching-input-2.png pexels-ike-louie-natividad-2709388.jpg
 TRAIN := $(VENV)/bin/autoretouch-train
-SYNTH := $(TRAIN) synthetic
-TRAIN_RUN := --layout studio --alpha 0 --beta 0 --batch-size 16 --val-fraction 0.05 --test-fraction 0 \
-	--workers 1 --val-images 8 --seed 0
+FACE_SCALE := 256
+STARTER_EPOCHS := 400
 starter-model: $(VENV)/.installed
-	rm -rf $(STARTER)/train $(STARTER)/local $(STARTER)/run $(STARTER)/tuned
-	$(SYNTH) --out $(STARTER)/train --aligned --pairs-per-photo 40 --seed 1 --photos $(FFHQ_TRAIN)
-	$(SYNTH) --out $(STARTER)/train --pairs-per-photo 40 --seed 2 --short-side 2400 --crop 1024 --photos $(PEXELS_TRAIN)
-	$(SYNTH) --out $(STARTER)/local --aligned --pairs-per-photo 40 --seed 1 --kinds spots pimples --photos $(FFHQ_TRAIN)
-	$(SYNTH) --out $(STARTER)/local --pairs-per-photo 40 --seed 2 --short-side 2400 --crop 1024 \
-		--kinds spots pimples --photos $(PEXELS_TRAIN)
-	$(TRAIN) train --data $(STARTER)/train --out $(STARTER)/run $(TRAIN_RUN) \
-		--epochs 150 --val-every 25
-	$(TRAIN) train --data $(STARTER)/local --out $(STARTER)/tuned $(TRAIN_RUN) \
-		--epochs 18 --val-every 18 --init $(STARTER)/run/last.pt --window 96 --keep-weight 8 \
-		--focus edits --background-prob 0.5
-	$(TRAIN) export --run $(STARTER)/tuned --which last --residual-floor 5 \
-		--out plugin_server/weights/starter.pt
+	rm -rf $(HEAL)/train $(HEAL)/run
+	$(TRAIN) heal --out $(HEAL)/train --face-scale $(FACE_SCALE) --synthetic 7 --seed 0 --photos $(TRAIN_PHOTOS)
+	$(TRAIN) train --data $(HEAL)/train --out $(HEAL)/run --layout studio --alpha 0 --beta 0 --batch-size 16 \
+		--val-fraction 0.05 --test-fraction 0 --workers 1 --val-every 150 --val-images 4 --seed 0 \
+		--face-scale $(FACE_SCALE) --focus edits --background-prob 0.3 --epochs $(STARTER_EPOCHS) \
+		--checkpoint-every 100 --log-every 50
+	$(TRAIN) export --run $(HEAL)/run --which last --residual-floor 1 --out plugin_server/weights/starter.pt
 
 # The README's model-card figures and crops for MODEL (default: the starter model), on material
 # held out from training: make model-card MODEL=model.pt. Which portraits and squares of skin the
 # card shows is data: CARD_CROPS (see its "about").
 MODEL ?= plugin_server/weights/starter.pt
 CARD_CROPS := docs/model-card/crops.json
-REAL_PAIR := ../shared/data/ffhqr-pair/00000-original.png ../shared/data/ffhqr-pair/00000-retouched.png
-HELDOUT_FFHQ := --aligned --pairs-per-photo 4 --seed 3 --photos $(foreach i,7 8 9,$(PHOTOS)/ffhq-0000$(i).png)
-HELDOUT_PEXELS := --pairs-per-photo 4 --seed 4 --short-side 2400 --crop 1024 \
-	--photos $(PHOTOS)/pexels-simon-robben-614810.jpg
+DATA := ../shared/data
+PAIRS := --pair $(DATA)/ffhqr-pair/00000-original.png $(DATA)/ffhqr-pair/00000-retouched.png \
+	$(foreach i,1 2 3 4,--pair $(DATA)/ffhqr-teaser/teaser-$(i)-original.png $(DATA)/ffhqr-teaser/teaser-$(i)-retouched.png)
 model-card: $(VENV)/.installed
-	rm -rf $(STARTER)/heldout
-	$(SYNTH) --out $(STARTER)/heldout/all $(HELDOUT_FFHQ)
-	$(SYNTH) --out $(STARTER)/heldout/all $(HELDOUT_PEXELS)
-	$(SYNTH) --out $(STARTER)/heldout/local --kinds spots pimples $(HELDOUT_FFHQ)
-	$(SYNTH) --out $(STARTER)/heldout/local --kinds spots pimples $(HELDOUT_PEXELS)
-	$(TRAIN) model-card --checkpoint $(MODEL) --heldout $(STARTER)/heldout/all $(STARTER)/heldout/local \
-		--pair $(REAL_PAIR) --photos $(PHOTOS) --crops $(CARD_CROPS) --out docs/model-card
+	rm -rf $(HEAL)/card
+	$(TRAIN) heal --out $(HEAL)/card/heal --face-scale $(FACE_SCALE) --synthetic 3 --seed 1 \
+		--photos $(addprefix $(PHOTOS)/,$(HELD_OUT))
+	$(TRAIN) model-card --checkpoint $(MODEL) --heldout $(HEAL)/card/heal --held-out-photos $(HELD_OUT) $(PAIRS) \
+		--photos $(PHOTOS) --crops $(CARD_CROPS) --out docs/model-card
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
