@@ -152,7 +152,7 @@ def _heal_parser(sub: argparse._SubParsersAction) -> None:
             the 'after'. --synthetic adds more 'before' images with made-up blemishes on the same
             face. Writes the studio layout OUT/before/NAME-fK[-sNN].png and OUT/after/..., plus
             OUT/heal.json with what was found; look at OUT/after to preview the targets.
-            See docs/training.md.
+            See docs/heal.md.
 
             Example:
               autoretouch-train heal --out data/heal --photos portraits/*.jpg --face-scale 256 --synthetic 7
