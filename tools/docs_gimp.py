@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,7 +36,7 @@ from plugin_server import gimp_install  # noqa: E402
 
 PORTRAIT = REPO.parent / "shared" / "data" / "portraits" / "ffhq-00001.png"
 PACKAGES = ("xvfb", "xdotool", "imagemagick", "openbox", "x11-utils")
-DISPLAY = ":77"
+DISPLAYS = (":77", ":78")  # one per session: a killed Xvfb leaves its lock and socket behind
 SCREEN = (1280, 860)
 WIDTH = 900  # every screenshot is scaled to at most this width
 
@@ -70,23 +73,23 @@ Gimp.displays_flush()
 class Session:
     """One GIMP window under Xvfb inside the chroot, driven from here."""
 
-    def __init__(self, gimp: GimpChroot, workdir: tuple[Path, str], gimp_args: str) -> None:
-        self.gimp, self.host, self.inside = gimp, workdir[0], workdir[1]
-        script = (SESSION.replace("@DISPLAY@", DISPLAY).replace("@W@", str(SCREEN[0]))
+    def __init__(self, gimp: GimpChroot, workdir: tuple[Path, str], gimp_args: str, display: str) -> None:
+        self.gimp, self.host, self.inside, self.display = gimp, workdir[0], workdir[1], display
+        script = (SESSION.replace("@DISPLAY@", display).replace("@W@", str(SCREEN[0]))
                   .replace("@H@", str(SCREEN[1])).replace("@FILE@", gimp_args))
         (self.host / "session.sh").write_text(script)
         root = gimp.root
         command = (f"mount --bind /proc '{root}/proc' && exec chroot '{root}' env -i "
                    f"PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME={self.inside} LANG=C.UTF-8 "
                    f"GIMP3_DIRECTORY={self.inside}/profile sh {self.inside}/session.sh")
-        self.log = open(self.host / "session.log", "wb")
+        self.log = open(self.host / f"session{display.replace(':', '-')}.log", "wb")
         self.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def x(self, *args: str, check: bool = False) -> str:
         """Run an X client (xdotool, import) inside the chroot against the session's display."""
         done = subprocess.run(["chroot", str(self.gimp.root), "env", "-i", "PATH=/usr/bin:/bin",
-                               f"DISPLAY={DISPLAY}", "HOME=/tmp", *args], capture_output=True, text=True)
+                               f"DISPLAY={self.display}", "HOME=/tmp", *args], capture_output=True, text=True)
         if check and done.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} failed: {done.stderr.strip()}")
         return done.stdout.strip()
@@ -100,6 +103,15 @@ class Session:
             time.sleep(0.5)
         raise RuntimeError(f"no window named {name!r} appeared within {timeout:g} s; see {self.host}/session.log")
 
+    def main_window(self) -> str:
+        """The largest window called GIMP (a batch-started GIMP has more than one of that name)."""
+        def area(window: str) -> int:
+            shape = self.x("xdotool", "getwindowgeometry", "--shell", window)
+            values = dict(line.split("=", 1) for line in shape.splitlines() if "=" in line)
+            return int(values.get("WIDTH", 0)) * int(values.get("HEIGHT", 0))
+        found = self.x("xdotool", "search", "--onlyvisible", "--name", "GNU Image Manipulation Program").split()
+        return max(found, key=area)
+
     def keys(self, *keys: str, pause: float = 0.8) -> None:
         for key in keys:
             self.x("xdotool", "key", "--clearmodifiers", key, check=True)
@@ -112,7 +124,7 @@ class Session:
         return path
 
     def close(self) -> None:
-        subprocess.run(["pkill", "-KILL", "-s", str(self.proc.pid)], check=False)  # its own session only
+        os.killpg(self.proc.pid, signal.SIGKILL)  # the session's own process group: Xvfb, openbox, GIMP
         self.proc.wait(timeout=30)
         self.log.close()
 
@@ -163,19 +175,16 @@ def capture(out: Path) -> list[Path]:
     host, inside = workdir
     _profile(host)
     Image.open(PORTRAIT).convert("RGB").save(host / "portrait.png")
-    import socket
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    # The dialog opens with the settings last confirmed; this profile's are the defaults but the URL.
-    (host / "profile" / "parasiterc").write_text("")
     server = _server(port, host / "server.log")
     raw = host / "raw"
     raw.mkdir()
     made: list[Path] = []
     try:
-        session = Session(gimp, workdir, f"{inside}/portrait.png")
+        session = Session(gimp, workdir, f"{inside}/portrait.png", DISPLAYS[0])
         try:
             made += _main_flow(session, raw, out, port, url, server)
         finally:
@@ -183,18 +192,22 @@ def capture(out: Path) -> list[Path]:
         if server.poll() is not None:
             server = _server(port, host / "server2.log")
         (host / "skin.py").write_text(SKIN_BATCH.replace("@FILE@", f"{inside}/portrait.png").replace("@URL@", url))
-        session = Session(gimp, workdir, f"--batch-interpreter=python-fu-eval -b \"exec(open('{inside}/skin.py').read())\"")
+        session = Session(gimp, workdir, f"--batch-interpreter=python-fu-eval -b \"exec(open('{inside}/skin.py').read())\"",
+                          DISPLAYS[1])
         try:
-            window = session.wait_window("GNU Image Manipulation Program")
+            session.wait_window("GNU Image Manipulation Program")
+            window = session.main_window()
             session.x("xdotool", "windowsize", window, str(SCREEN[0]), str(SCREEN[1] - 30))
             time.sleep(8)
             session.x("xdotool", "windowactivate", "--sync", window)
             _close_welcome(session)
             for other in session.x("xdotool", "search", "--onlyvisible", "--name", "").split():
-                if other != window:  # an empty window a batch-started GIMP leaves over the canvas
+                # an empty, nameless window a batch-started GIMP leaves over the canvas
+                if other != window and not session.x("xdotool", "getwindowname", other):
                     session.x("xdotool", "windowunmap", other)
             session.keys("shift+ctrl+j")
-            made.append(small(session.shot(raw / "skin.png", window), out / "skin-mask.png"))
+            made.append(small(session.shot(raw / "skin.png"), out / "skin-mask.png",
+                              lambda im: (0, 0, SCREEN[0], SCREEN[1] - 30)))
         finally:
             session.close()
     finally:
