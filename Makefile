@@ -12,7 +12,7 @@ MEDIAPIPE_WHEEL := --only-binary=:all: --platform manylinux_2_28_x86_64 --python
 # Extra arguments for `make serve`, e.g. SERVE_ARGS="--checkpoint model.pt --port 8377".
 SERVE_ARGS ?=
 
-.PHONY: test test-gimp bench serve starter-model model-card clean
+.PHONY: test test-gimp bench serve starter-model model-card docs-gimp clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,11 @@ model-card: $(VENV)/.installed
 		--photos $(addprefix $(PHOTOS)/,$(HELD_OUT))
 	$(TRAIN) model-card --checkpoint $(MODEL) --heldout $(HEAL)/card/heal --held-out-photos $(HELD_OUT) $(PAIRS) \
 		--photos $(PHOTOS) --crops $(CARD_CROPS) --out docs/model-card
+
+# Screenshots of the GIMP plug-in in a real GIMP window for docs/gimp.md (as root, about 3 minutes;
+# uses the test chroot and adds Xvfb, xdotool, openbox and ImageMagick to it). Not part of `make test`.
+docs-gimp: $(VENV)/.installed
+	$(PY) tools/docs_gimp.py --out docs/gimp
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
