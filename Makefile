@@ -36,11 +36,12 @@ bench: $(VENV)/.installed
 serve: $(VENV)/.installed
 	$(VENV)/bin/autoretouch-server $(SERVE_ARGS)
 
-# The starter model from scratch, seeded (about 2 h on a 2-core CPU): `autoretouch-train heal`
+# The starter model from scratch, seeded (about 1 h on a 2-core CPU): `autoretouch-train heal`
 # cuts every face of twelve shared portraits out at an IOD of 256 px and heals it (spots, pimples,
 # redness, under-eye shadows; freckles, moles and texture kept) as the target; each face gives the
-# real face and seven with synthetic blemishes as inputs. Trained with MSE at that face scale and
-# exported with a 1-level floor. Held out: FFHQ 00009, StyleAvatar input 2 and the Ike Louie
+# real face and seven with synthetic blemishes as inputs. Trained with MSE at that face scale, on
+# 96-px windows centred on the edits (0.37 IOD: a blemish and its surroundings), and exported with
+# a 1-level floor. Held out: FFHQ 00009, StyleAvatar input 2 and the Ike Louie
 # Natividad portrait (and the FFHQR pairs). See docs/training.md.
 HEAL := build/heal
 PHOTOS := ../shared/data/portraits
@@ -50,14 +51,14 @@ TRAIN_PHOTOS := $(foreach i,1 2 3 4 5 6 7 8,$(PHOTOS)/ffhq-0000$(i).png) $(PHOTO
 HELD_OUT := ffhq-00009.png styleavatar-retouching-input-2.png pexels-ike-louie-natividad-2709388.jpg
 TRAIN := $(VENV)/bin/autoretouch-train
 FACE_SCALE := 256
-STARTER_EPOCHS := 400
+STARTER_EPOCHS := 700
 starter-model: $(VENV)/.installed
 	rm -rf $(HEAL)/train $(HEAL)/run
 	$(TRAIN) heal --out $(HEAL)/train --face-scale $(FACE_SCALE) --synthetic 7 --seed 0 --photos $(TRAIN_PHOTOS)
 	$(TRAIN) train --data $(HEAL)/train --out $(HEAL)/run --layout studio --alpha 0 --beta 0 --batch-size 16 \
-		--val-fraction 0.05 --test-fraction 0 --workers 1 --val-every 150 --val-images 4 --seed 0 \
-		--face-scale $(FACE_SCALE) --focus edits --background-prob 0.3 --epochs $(STARTER_EPOCHS) \
-		--checkpoint-every 100 --log-every 50
+		--val-fraction 0.05 --test-fraction 0 --workers 2 --val-every 200 --val-images 4 --seed 0 \
+		--face-scale $(FACE_SCALE) --window 96 --focus edits --background-prob 0.1 --lr-g 1e-3 \
+		--epochs $(STARTER_EPOCHS) --checkpoint-every 100 --log-every 50
 	$(TRAIN) export --run $(HEAL)/run --which last --residual-floor 1 --out plugin_server/weights/starter.pt
 
 # The README's model-card figures and crops for MODEL (default: the starter model), on material

@@ -79,10 +79,6 @@ class Found:
     moles: int
     freckles: int
 
-    @property
-    def healed(self) -> int:
-        return self.red + self.dark
-
 
 # ---------------------------------------------------------------------------------------------
 # CIELAB (sRGB, D65)
