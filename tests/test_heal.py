@@ -139,10 +139,13 @@ def test_face_crops_are_at_the_face_scale_and_heal_only_their_skin(ffhq: np.ndar
 
 def test_the_heal_command_writes_pairs_and_what_it_found(tmp_path: Path, portraits_dir: Path, capsys) -> None:
     photos = [portraits_dir / "ffhq-00005.png", portraits_dir / "styleavatar-retouching-input-2.png"]
-    assert main(["heal", "--out", str(tmp_path), "--synthetic", "1", "--seed", "3", "--photos", *map(str, photos)]) == 0
+    assert main(["heal", "--out", str(tmp_path), "--synthetic", "1", "--seed", "3", "--kinds", "pimples",
+                 "--photos", *map(str, photos)]) == 0
     assert "wrote 4 pairs of 2 faces" in capsys.readouterr().out
     report = json.loads((tmp_path / "heal.json").read_text())
     assert report["face_scale"] == IOD and report["params"] == HealParams().to_dict()
+    assert report["synthetic_kinds"]["spots"] == [0, 0] and report["synthetic_kinds"]["pimples"] != [0, 0]
+    assert report["command"].startswith("autoretouch-train heal --out")
     for stem in ("ffhq-00005-f0", "styleavatar-retouching-input-2-f0"):
         real = np.asarray(Image.open(tmp_path / "before" / f"{stem}.png")).astype(int)
         made = np.asarray(Image.open(tmp_path / "before" / f"{stem}-s01.png")).astype(int)

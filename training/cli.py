@@ -165,6 +165,8 @@ def _heal_parser(sub: argparse._SubParsersAction) -> None:
                    help="inter-ocular distance the faces are resampled to: the scale the model will be trained at")
     p.add_argument("--synthetic", type=int, default=0, metavar="N", help="per face, N more pairs with synthetic blemishes")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic blemishes")
+    p.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS),
+                   help="synthetic blemish kinds to add (leave out spots and blotches to keep a model off freckles)")
     p.set_defaults(handler=_cmd_heal)
 
 
@@ -294,6 +296,7 @@ def _cmd_synthetic(args: argparse.Namespace, command: str) -> int:
 
 def _cmd_heal(args: argparse.Namespace, command: str) -> int:
     from .heal_pairs import write_heal_pairs
+    from .synthetic import only_kinds
 
     if args.synthetic < 0:
         raise BadOptionError(f"--synthetic must be 0 or more, got {args.synthetic}")
@@ -303,7 +306,8 @@ def _cmd_heal(args: argparse.Namespace, command: str) -> int:
     if len(set(stems)) != len(stems):
         raise BadOptionError("the photos must have distinct file names (they name the pairs)")
     try:
-        report = write_heal_pairs(args.photos, args.out, args.face_scale, args.synthetic, args.seed, command=command)
+        report = write_heal_pairs(args.photos, args.out, args.face_scale, args.synthetic, args.seed,
+                                  config=only_kinds(args.kinds), command=command)
     except OSError as exc:  # reading is checked by load_photo; this is the output side
         raise DataError(f"cannot write the pairs into {args.out}: {exc}") from exc
     faces = [face for found in report["photos"].values() for face in found]

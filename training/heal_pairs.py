@@ -28,7 +28,7 @@ from plugin_server.face_retouch import resize
 from plugin_server.faces import Face, face_from_landmarks, skin_mask
 
 from .heal import Found, HealParams, heal
-from .synthetic import BlemishConfig, add_blemishes, load_photo, write_png
+from .synthetic import KINDS, BlemishConfig, add_blemishes, load_photo, write_png
 
 MARGIN = 0.35  # IODs of context around each face's skin box, beyond the training window's reach
 FFHQ_IOD = 260.0  # px: the face size training/synthetic.py's blemish sizes are set for
@@ -97,6 +97,7 @@ def write_heal_pairs(photos: Sequence[Path], out: Path, face_scale: float, synth
     from plugin_server.landmarks import find_faces  # the face models: only this command needs them
 
     report: dict = {"version": 1, "command": command, "face_scale": face_scale, "synthetic_per_face": synthetic, "seed": seed,
+                    "synthetic_kinds": {kind: list(getattr(config, kind)) for kind in KINDS},
                     "params": params.to_dict(), "photos": {}}
     for number, path in enumerate(photos):
         photo = load_photo(path)
