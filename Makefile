@@ -42,7 +42,8 @@ serve: $(VENV)/.installed
 # gives the real face and seven with synthetic blemishes as inputs. (1) every synthetic kind;
 # (2) `--init` from (1) with synthetic pimples and redness only: synthetic brown spots look like
 # freckles, and (1) learns to lighten both. MSE at the face scale, 96-px windows centred on the
-# edits (0.37 IOD: a blemish and its surroundings); exported with a 1-level floor. Held out: FFHQ
+# edits (0.37 IOD: a blemish and its surroundings); exported with no floor (the skin mask keeps
+# everything else exact, and a floor would halve the faint edits a small model makes). Held out: FFHQ
 # 00009, StyleAvatar input 2 and the Ike Louie Natividad portrait (and the FFHQR pairs).
 HEAL := build/heal
 PHOTOS := ../shared/data/portraits
@@ -63,7 +64,7 @@ starter-model: $(VENV)/.installed
 	$(TRAIN) train --data $(HEAL)/train --out $(HEAL)/run $(HEAL_RUN) --lr-g 1e-3 --epochs 500 --val-every 200
 	$(TRAIN) train --data $(HEAL)/local --out $(HEAL)/tuned $(HEAL_RUN) --init $(HEAL)/run/last.pt --lr-g 5e-4 \
 		--epochs 150 --val-every 150
-	$(TRAIN) export --run $(HEAL)/tuned --which last --residual-floor 1 --out plugin_server/weights/starter.pt
+	$(TRAIN) export --run $(HEAL)/tuned --which last --residual-floor 0 --out plugin_server/weights/starter.pt
 
 # The README's model-card figures and crops for MODEL (default: the starter model), on material
 # held out from training: make model-card MODEL=model.pt. Which portraits and squares of skin the

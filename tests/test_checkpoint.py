@@ -41,11 +41,11 @@ def test_old_files_with_the_floor_in_the_config_still_load(tmp_path):
     assert loaded.residual_floor == 0.0125 and loaded.scale is None and loaded.generator.config == CONFIG
 
 
-def test_the_bundled_starter_is_an_old_format_file_with_a_five_level_floor():
+def test_the_bundled_starter_declares_its_floor_and_face_scale():
     raw = torch.load(checkpoint.BUNDLED, map_location="cpu", weights_only=True)
-    assert "inference" not in raw and raw["config"]["residual_floor"] == pytest.approx(5 / 255)
+    assert raw["inference"] == {"residual_floor": 0.0, "scale": 256.0}
     model = checkpoint.load(checkpoint.BUNDLED)
-    assert model.residual_floor == pytest.approx(5 / 255) and model.scale is None
+    assert model.residual_floor == 0.0 and model.scale == 256.0
     assert model.generator.config == GeneratorConfig()
 
 
