@@ -13,8 +13,8 @@ it does the same at any resolution:
 1. Split each channel into a low-frequency part (Gaussian, ``texture`` IOD) and the fine detail
    above it (pores, stubble, fine hairs), which is never changed.
 2. A robust local baseline of the skin: the mask-weighted Gaussian mean (``baseline`` IOD) of the
-   low-frequency part, measured again without the pixels that stand out from the first one, so a
-   pimple does not pull its own baseline up.
+   low-frequency part, measured twice more without the pixels that stand out from it either way,
+   so a pimple does not pull its own baseline up and the baseline is not biased.
 3. Spots: connected areas with excess redness (a* above the baseline by ``red`` units: blood) or
    darkness (L below it by ``dark``: melanin, scabs). Red ones are healed whatever their size
    (pimples, flushed patches). Dark ones without redness are left when they are moles (larger than
