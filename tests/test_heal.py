@@ -165,3 +165,13 @@ def test_the_heal_command_refuses_what_it_cannot_do(tmp_path: Path, portraits_di
     assert "distinct file names" in capsys.readouterr().err
     assert not (tmp_path / "before").exists()
 
+
+
+def test_a_photo_without_a_face_gives_no_pairs_and_says_so(tmp_path: Path, capsys) -> None:
+    wall = tmp_path / "wall.png"
+    Image.fromarray(np.full((300, 400, 3), 180, np.uint8)).save(wall)
+    out = tmp_path / "pairs"
+    assert main(["heal", "--out", str(out), "--photos", str(wall)]) == 0
+    assert "wall.png: no face found, no pairs" in capsys.readouterr().out
+    assert json.loads((out / "heal.json").read_text())["photos"] == {"wall.png": []}
+    assert not (out / "before").exists()

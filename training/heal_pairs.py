@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +96,7 @@ def write_heal_pairs(photos: Sequence[Path], out: Path, face_scale: float, synth
     """Write the pairs of every photo (see the module's docstring); returns what heal.json holds."""
     from plugin_server.landmarks import find_faces  # the face models: only this command needs them
 
+    out.mkdir(parents=True, exist_ok=True)  # heal.json is written even when no photo has a face
     report: dict = {"version": 1, "command": command, "face_scale": face_scale, "synthetic_per_face": synthetic, "seed": seed,
                     "synthetic_kinds": {kind: list(getattr(config, kind)) for kind in KINDS},
                     "params": params.to_dict(), "photos": {}}
@@ -112,7 +113,7 @@ def write_heal_pairs(photos: Sequence[Path], out: Path, face_scale: float, synth
             for name, before in items:
                 write_png(before, out / "before" / f"{name}.png")
                 write_png(target, out / "after" / f"{name}.png")
-            report["photos"][path.name].append({"iod": round(faces[k].iod, 2), "found": found.__dict__,
+            report["photos"][path.name].append({"iod": round(faces[k].iod, 2), "found": asdict(found),
                                                 "pairs": len(items)})
     temporary = out / (REPORT_FILE + ".tmp")
     temporary.write_text(json.dumps(report, indent=1) + "\n")
