@@ -45,7 +45,7 @@ from plugin_server.wire import RetouchOptions
 
 from .evaluate import evaluate
 from .heal import HealParams, analyse, rgb_to_lab
-from .heal_pairs import cut, face_crops, heal_photo
+from .heal_pairs import cut, face_crops, heal_crop, heal_photo
 from .metrics import changed, psnr, ssim
 from .pairs import list_pairs, to_float
 from .report import format_table
@@ -170,7 +170,7 @@ def face_figures(before: np.ndarray, after: np.ndarray, face: Face, params: Heal
     size = crop.pixels.shape[:2]
     rgb_in = crop.pixels.astype(np.float32) / 255
     skin = analyse(rgb_in, crop.face, crop.mask, params)
-    healed_in = heal_photo(crop.pixels, [crop.face], params).astype(np.float32) / 255
+    healed_in = heal_crop(crop, params)[0].astype(np.float32) / 255
 
     def low_of(rgb: np.ndarray) -> np.ndarray:
         return ndimage.gaussian_filter(rgb_to_lab(rgb), (params.texture * MEASURE_IOD,) * 2 + (0,))
