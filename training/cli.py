@@ -274,6 +274,14 @@ def _cmd_evaluate(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def _distinct_stems(photos: list[Path]) -> list[str]:
+    """The photos' file names without extension, which name their pairs: refused when two clash."""
+    stems = [photo.stem for photo in photos]
+    if len(set(stems)) != len(stems):
+        raise BadOptionError("the photos must have distinct file names (they name the pairs)")
+    return stems
+
+
 def _cmd_synthetic(args: argparse.Namespace, command: str) -> int:
     from .synthetic import SyntheticPairs, only_kinds, write_pairs
 
@@ -281,9 +289,7 @@ def _cmd_synthetic(args: argparse.Namespace, command: str) -> int:
         raise BadOptionError(f"--pairs-per-photo must be at least 1, got {args.pairs_per_photo}")
     if args.keep_crops and not args.aligned:
         raise BadOptionError("--keep-crops needs --aligned (it crops where FFHQ puts the eyes and mouth)")
-    stems = [photo.stem for photo in args.photos]
-    if len(set(stems)) != len(stems):
-        raise BadOptionError("the photos must have distinct file names (they name the pairs)")
+    stems = _distinct_stems(args.photos)
     config = only_kinds(args.kinds)
     pairs = SyntheticPairs(args.photos, args.pairs_per_photo, args.seed, args.short_side, args.aligned, config, args.crop)
     try:
@@ -302,9 +308,7 @@ def _cmd_heal(args: argparse.Namespace, command: str) -> int:
         raise BadOptionError(f"--synthetic must be 0 or more, got {args.synthetic}")
     if not args.face_scale > 0:
         raise BadOptionError(f"--face-scale must be a positive number of pixels, got {args.face_scale}")
-    stems = [photo.stem for photo in args.photos]
-    if len(set(stems)) != len(stems):
-        raise BadOptionError("the photos must have distinct file names (they name the pairs)")
+    _distinct_stems(args.photos)
     try:
         report = write_heal_pairs(args.photos, args.out, args.face_scale, args.synthetic, args.seed,
                                   config=only_kinds(args.kinds), command=command)

@@ -115,7 +115,8 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
 class Skin:
     """What the procedure measures on a face (all (H, W) over the array it was given)."""
 
-    low: np.ndarray  # (H, W, 3) CIELAB below the texture scale
+    lab: np.ndarray  # (H, W, 3) CIELAB of the image
+    low: np.ndarray  # (H, W, 3) its part below the texture scale
     base: np.ndarray  # (H, W, 3) the robust local skin baseline
     red_spots: np.ndarray  # bool: spots healed for their redness
     dark_spots: np.ndarray  # bool: dark spots healed
@@ -158,7 +159,8 @@ def heal(rgb: np.ndarray, face: Face, mask: np.ndarray, params: HealParams = Hea
 def analyse(rgb: np.ndarray, face: Face, mask: np.ndarray, params: HealParams = HealParams()) -> Skin:
     """The baseline, the spots and what is left alone on ``rgb`` (H, W, 3) in [0, 1], skin ``mask``."""
     p = params
-    low = ndimage.gaussian_filter(rgb_to_lab(rgb), (p.texture * face.iod,) * 2 + (0,))
+    lab = rgb_to_lab(rgb)
+    low = low_frequency(lab, face.iod, p)
     sure = mask > 0.5
     base = _masked_mean(low, sure, p.baseline * face.iod)
     for _ in range(2):  # re-measured without what stands out: a pimple must not raise its own baseline
@@ -166,7 +168,12 @@ def analyse(rgb: np.ndarray, face: Face, mask: np.ndarray, params: HealParams = 
         # Both ways: leaving out only the dark and red side would bias the baseline and grade the skin.
         base = _masked_mean(low, sure & (np.abs(red) < p.red / 2) & (np.abs(dark) < p.dark / 2), p.baseline * face.iod)
     red, dark = low[..., 1] - base[..., 1], base[..., 0] - low[..., 0]
-    return _classify(low, base, red, dark, mask, face.iod, p)
+    return _classify(lab, low, base, red, dark, mask, face.iod, p)
+
+
+def low_frequency(lab: np.ndarray, iod: float, params: HealParams = HealParams()) -> np.ndarray:
+    """``lab``'s part below the texture scale: what the procedure measures and moves."""
+    return ndimage.gaussian_filter(lab, (params.texture * iod,) * 2 + (0,))
 
 
 def _heal_region(rgb: np.ndarray, face: Face, mask: np.ndarray, p: HealParams) -> tuple[np.ndarray, Found]:
@@ -182,7 +189,7 @@ def _heal_region(rgb: np.ndarray, face: Face, mask: np.ndarray, p: HealParams) -
     delta[..., 0] *= -1  # L goes up, a* and b* toward the baseline
     delta[..., 0] += _under_eye_lift(skin.low[..., 0], face, mask > 0.5, p)
     delta *= mask[..., None]
-    out = lab_to_rgb(rgb_to_lab(rgb) + delta)
+    out = lab_to_rgb(skin.lab + delta)
     return np.where(mask[..., None] > 0, out, rgb).astype(np.float32), skin.found
 
 
@@ -193,7 +200,7 @@ def _masked_mean(values: np.ndarray, where: np.ndarray, sigma: float) -> np.ndar
     return total / np.maximum(weight, 1e-6)[..., None]
 
 
-def _classify(low: np.ndarray, base: np.ndarray, red: np.ndarray, dark: np.ndarray, mask: np.ndarray,
+def _classify(lab: np.ndarray, low: np.ndarray, base: np.ndarray, red: np.ndarray, dark: np.ndarray, mask: np.ndarray,
               iod: float, p: HealParams) -> Skin:
     """The spots that stand out from the baseline, sorted into healed and left alone.
 
@@ -224,7 +231,7 @@ def _classify(low: np.ndarray, base: np.ndarray, red: np.ndarray, dark: np.ndarr
         return np.concatenate([[False], kind])[labels]
 
     found = Found(int(is_red.sum()), int((small & ~freckle).sum()), int(is_mole.sum()), int(freckle.sum()))
-    return Skin(low, base, red_spots, where(small & ~freckle), where(is_mole | freckle), where(freckle), found)
+    return Skin(lab, low, base, red_spots, where(small & ~freckle), where(is_mole | freckle), where(freckle), found)
 
 
 def _under_eye_lift(lightness: np.ndarray, face: Face, sure: np.ndarray, p: HealParams) -> np.ndarray:

@@ -67,7 +67,7 @@ def cut(photo: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int]
     also how a retouched photo is cut like its original, to measure both at the face scale."""
     x0, y0, x1, y1 = box
     native = photo[y0:y1, x0:x1, :3].astype(np.float32) / 255
-    return np.clip(np.round(resize(native, size) * 255), 0, 255).astype(np.uint8)
+    return _to_levels(resize(native, size))
 
 
 def heal_photo(photo: np.ndarray, faces: Sequence[Face], params: HealParams = HealParams()) -> np.ndarray:
@@ -75,13 +75,18 @@ def heal_photo(photo: np.ndarray, faces: Sequence[Face], params: HealParams = He
     rgb = photo[..., :3].astype(np.float32) / 255
     for face in faces:
         rgb = heal(rgb, face, skin_mask(photo, face, (0, 0, photo.shape[1], photo.shape[0])), params)
+    return _to_levels(rgb)
+
+
+def _to_levels(rgb: np.ndarray) -> np.ndarray:
+    """Float [0, 1] -> uint8, as the pairs are stored."""
     return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
 
 
 def heal_crop(crop: FaceCrop, params: HealParams) -> tuple[np.ndarray, Found]:
     """The crop healed, uint8, and what the procedure found on it."""
     healed, found = heal(crop.pixels.astype(np.float32) / 255, crop.face, crop.mask, params, report=True)
-    return np.clip(np.round(healed * 255), 0, 255).astype(np.uint8), found
+    return _to_levels(healed), found
 
 
 def with_blemishes(crop: FaceCrop, rng: np.random.Generator, face_scale: float,

@@ -44,7 +44,7 @@ from plugin_server.faces import Face, skin_mask
 from plugin_server.wire import RetouchOptions
 
 from .evaluate import evaluate
-from .heal import HealParams, analyse, rgb_to_lab
+from .heal import HealParams, analyse, low_frequency, rgb_to_lab
 from .heal_pairs import cut, face_crops, heal_crop, heal_photo
 from .metrics import changed, psnr, ssim
 from .pairs import list_pairs, to_float
@@ -170,26 +170,22 @@ def face_figures(before: np.ndarray, after: np.ndarray, face: Face, params: Heal
     size = crop.pixels.shape[:2]
     rgb_in = crop.pixels.astype(np.float32) / 255
     skin = analyse(rgb_in, crop.face, crop.mask, params)
-    healed_in = heal_crop(crop, params)[0].astype(np.float32) / 255
-
-    def low_of(rgb: np.ndarray) -> np.ndarray:
-        return ndimage.gaussian_filter(rgb_to_lab(rgb), (params.texture * MEASURE_IOD,) * 2 + (0,))
-
-    model_out = cut(after, crop.box, size).astype(np.float32) / 255
-    outputs = {"model": low_of(model_out), "heal": low_of(healed_in)}
+    outputs = {"model": cut(after, crop.box, size), "heal": heal_crop(crop, params)[0]}
+    labs = {name: rgb_to_lab(pixels.astype(np.float32) / 255) for name, pixels in outputs.items()}
     sure = crop.mask > 0.5
     figures: dict[str, float] = {"iod": round(face.iod, 1), "red_spots": skin.found.red, "dark_spots": skin.found.dark,
                                  "freckles": skin.found.freckles}
     redness_in = float(np.maximum(skin.redness, 0)[skin.red_spots].mean()) if skin.red_spots.any() else float("nan")
     freckles_in = float(skin.darkness[skin.freckles].mean()) if skin.freckles.any() else float("nan")
-    lightness = {"input": rgb_to_lab(rgb_in)[..., 0], "model": rgb_to_lab(model_out)[..., 0], "heal": rgb_to_lab(healed_in)[..., 0]}
-    energy_in = _high_pass_energy(lightness["input"], params.texture * MEASURE_IOD, sure)
+    sigma = params.texture * MEASURE_IOD
+    energy_in = _high_pass_energy(skin.lab[..., 0], sigma, sure)
     figures["redness_excess_before"] = redness_in
-    for name, low in outputs.items():
+    for name, lab in labs.items():
+        low = low_frequency(lab, MEASURE_IOD, params)
         redness = np.maximum(low[..., 1] - skin.base[..., 1], 0)
         figures[f"redness_excess_{name}"] = float(redness[skin.red_spots].mean()) if skin.red_spots.any() else float("nan")
         figures[f"redness_removed_{name}"] = 1 - figures[f"redness_excess_{name}"] / redness_in
-        figures[f"texture_kept_{name}"] = _high_pass_energy(lightness[name], params.texture * MEASURE_IOD, sure) / energy_in
+        figures[f"texture_kept_{name}"] = _high_pass_energy(lab[..., 0], sigma, sure) / energy_in
         darkness = skin.base[..., 0] - low[..., 0]
         figures[f"freckle_contrast_kept_{name}"] = (float(darkness[skin.freckles].mean()) / freckles_in
                                                    if skin.freckles.any() else float("nan"))

@@ -36,7 +36,6 @@ from plugin_server.errors import CheckpointError
 from plugin_server.model import Generator
 
 from .config import TrainConfig
-from .heal_pairs import REPORT_FILE as HEAL_REPORT
 
 FORMAT = "autoretouch-training"
 VERSION = 1
@@ -162,7 +161,9 @@ def export(
         source = load_any_generator(state.config.init).metadata
         keys = ("trained_on", "epochs", "steps", "train_command")
         metadata["init"] = {"checkpoint": state.config.init, **{k: source.get(k) for k in keys}}
-    made_by = Path(state.config.data) / HEAL_REPORT
+    from .heal_pairs import REPORT_FILE  # only exports need it; it imports the face code
+
+    made_by = Path(state.config.data) / REPORT_FILE
     if made_by.is_file():  # pairs from `autoretouch-train heal`: the procedure's parameters and photos
         metadata["data_engine"] = json.loads(made_by.read_text())
     model = Model(state.generator(), residual_floor=residual_floor or 0.0, scale=state.scale, metadata=metadata)
