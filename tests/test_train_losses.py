@@ -10,7 +10,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from training.discriminator import PatchDiscriminator
 from plugin_server.errors import VggWeightsError
-from training.losses import RunningMean, keep_weighted_mse, ragan_d_loss, ragan_g_loss
+from training.losses import RunningMean, ragan_d_loss, ragan_g_loss, weighted_mse
 from training.metrics import changed, psnr, ssim
 from training.pairs import read_image, to_float
 from training.vgg import layer_table, load_vgg19_features
@@ -47,13 +47,32 @@ def test_keep_weight_makes_an_unwanted_edit_cost_more_than_a_missed_one() -> Non
     unwanted = target.clone()
     unwanted[1, :, 5, 5] += 0.25  # output: did the edit, and also touched an untouched pixel
     n = before.numel()
-    assert torch.isclose(keep_weighted_mse(missed, before, target), F.mse_loss(missed, target))
-    assert torch.isclose(keep_weighted_mse(missed, before, target, 4.0), torch.tensor(0.25**2 / n))
-    assert torch.isclose(keep_weighted_mse(unwanted, before, target, 4.0), torch.tensor(4 * 3 * 0.25**2 / n))
+    assert torch.isclose(weighted_mse(missed, before, target), F.mse_loss(missed, target))
+    assert torch.isclose(weighted_mse(missed, before, target, 4.0), torch.tensor(0.25**2 / n))
+    assert torch.isclose(weighted_mse(unwanted, before, target, 4.0), torch.tensor(4 * 3 * 0.25**2 / n))
     # A changed pixel's other channels count as changed: the pixel is the unit, not the channel.
     also_channel = target.clone()
     also_channel[0, 0, 2, 3] += 0.5
-    assert torch.isclose(keep_weighted_mse(also_channel, before, target, 4.0), torch.tensor(0.5**2 / n))
+    assert torch.isclose(weighted_mse(also_channel, before, target, 4.0), torch.tensor(0.5**2 / n))
+
+
+
+def test_edit_weight_makes_the_colour_of_a_missed_edit_cost_more_and_only_past_two_levels() -> None:
+    before = torch.full((1, 3, 4, 4), 0.5)
+    target = before.clone()
+    target[0, :, 1, 1] += torch.tensor([0.1, -0.1, 0.0])  # a colour edit (de-reddening): grey mean unchanged
+    target[0, :, 2, 2] += 0.2  # a lightness edit (a dark spot lifted): the same change in every channel
+    target[0, 2, 3, 0] += 1 / 255  # moved by one level: below EDIT_LEVEL, weighs 1
+    missed = before.clone()
+    n = before.numel()
+    colour, grey, faint = 2 * 0.1**2, 3 * 0.2**2, (1 / 255) ** 2
+    assert torch.isclose(weighted_mse(missed, before, target), F.mse_loss(missed, target))
+    assert torch.isclose(weighted_mse(missed, before, target, edit_weight=5.0), torch.tensor((5 * colour + grey + faint) / n))
+    # An untouched pixel edited by mistake weighs keep_weight, whatever edit_weight is.
+    unwanted = target.clone()
+    unwanted[0, 1, 0, 3] += 0.1
+    assert torch.isclose(weighted_mse(unwanted, before, target, keep_weight=3.0, edit_weight=5.0),
+                         torch.tensor(3 * 0.1**2 / n))
 
 
 def test_patch_discriminator_is_fully_convolutional() -> None:

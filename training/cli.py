@@ -86,6 +86,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     loss.add_argument("--gamma", type=float, default=D.gamma, help="weight of the MSE term")
     loss.add_argument("--keep-weight", type=float, default=D.keep_weight,
                       help="MSE weight of pixels the retoucher left unchanged (1: plain MSE; >1: false edits cost more)")
+    loss.add_argument("--edit-weight", type=float, default=D.edit_weight,
+                      help="MSE weight of the colour error of pixels the retoucher changed by more than 2 levels (1: plain MSE; >1: missed spot and redness edits cost more)")
     loss.add_argument("--ragan-window", type=int, default=D.ragan_window, help="predictions in the RaGAN running average")
     loss.add_argument("--perceptual-layer", default=D.perceptual_layer, help="VGG-19 layer (conv5_2 = the 14th weight layer; reluX_Y = after ReLU)")
     loss.add_argument("--vgg-weights", default=D.vgg_weights, help="torchvision vgg19 state dict (vgg19-dcbb9e9d.pth); see docs/training.md")

@@ -50,6 +50,7 @@ class TrainConfig:
     beta: float = 6e-3
     gamma: float = 0.5
     keep_weight: float = 1.0  # MSE weight of pixels the retoucher left alone; > 1 makes false edits cost more
+    edit_weight: float = 1.0  # MSE weight of the colour error of pixels retouched by more than 2 levels; > 1: missed edits cost more
     ragan_window: int = 300  # predictions in the running average of the relativistic GAN
     perceptual_layer: str = "conv5_2"  # the 14th weight layer of VGG-19
     vgg_weights: str = "vgg19.pth"
@@ -79,8 +80,8 @@ class TrainConfig:
             raise ValueError("loss weights must be >= 0 and at least one must be > 0")
         if not 0 <= self.background_prob <= 1:
             raise ValueError(f"background_prob must be in [0, 1], got {self.background_prob}")
-        if self.keep_weight <= 0:
-            raise ValueError(f"keep_weight must be > 0, got {self.keep_weight}")
+        if self.keep_weight <= 0 or self.edit_weight <= 0:
+            raise ValueError(f"keep_weight and edit_weight must be > 0, got {self.keep_weight} and {self.edit_weight}")
         if not (self.face_scale >= 0 and math.isfinite(self.face_scale)):
             raise ValueError(f"face_scale must be 0 (native) or a positive IOD in pixels, got {self.face_scale}")
         if self.ragan_window < 1:

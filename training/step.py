@@ -21,7 +21,7 @@ from plugin_server.model import Generator
 
 from .config import TrainConfig
 from .discriminator import PatchDiscriminator
-from .losses import RunningMean, keep_weighted_mse, perceptual_loss, ragan_d_loss, ragan_g_loss
+from .losses import RunningMean, perceptual_loss, ragan_d_loss, ragan_g_loss, weighted_mse
 from .vgg import VggFeatures
 
 
@@ -99,7 +99,7 @@ def train_step(
         fake = m.generator(before)  # (N, 3, w, w)
         total = fake.new_zeros((), dtype=torch.float32)
         if c.gamma > 0:
-            losses["mse"] = keep_weighted_mse(fake, before, after, c.keep_weight)
+            losses["mse"] = weighted_mse(fake, before, after, c.keep_weight, c.edit_weight)
             total = total + c.gamma * losses["mse"]
         if c.beta > 0:
             losses["perceptual"] = perceptual_loss(m.vgg, fake, after)
