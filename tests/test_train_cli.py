@@ -48,6 +48,7 @@ def test_help_of_synthetic_and_model_card_says_what_they_do() -> None:
         (["synthetic", "--out", "OUT", "--photos", "a.png", "--pairs-per-photo", "0"], 2, "at least 1"),
         (["train", "--data", "D", "--out", "OUT", "--window", "4"], 2, "window must be >= 8"),
         (["train", "--data", "D", "--out", "OUT", "--face-scale", "-256"], 2, "face_scale must be 0 (native) or a positive IOD"),
+        (["train", "--data", "D", "--out", "OUT", "--edit-weight", "0"], 2, "edit_weight must be > 0"),
         # The work failed: exit code 1.
         (["synthetic", "--out", "OUT", "--photos", "missing.png"], 1, "cannot read the photo missing.png"),
     ],
