@@ -96,6 +96,24 @@ def test_windows_are_deterministic_and_augment_both_images_alike(ffhqr: Path) ->
     assert 0 <= float(b1.min()) and float(b1.max()) <= 1
 
 
+
+def test_rotate_gives_all_four_quarter_turns_of_both_images_alike() -> None:
+    image = np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3)  # no two quarter turns alike
+    marked = image.copy()
+    marked[2, 5] = 255  # the "after": one retouched pixel, off every symmetry axis
+    data = WindowDataset(None, WindowSpec(window=16, background_prob=0.0, mirror=False, colour_jitter=0, rotate=True), seed=0)
+    turns = {  # counter-clockwise quarter turns of an (H, W, C) image, built from transposes and flips
+        0: lambda x: x, 1: lambda x: x.transpose(1, 0, 2)[::-1], 2: lambda x: x[::-1, ::-1], 3: lambda x: x.transpose(1, 0, 2)[:, ::-1],
+    }
+    seen = set()
+    for s in range(24):
+        b, a = data.cut(image, marked, np.random.default_rng(s))
+        b, a = (np.round(x.transpose(1, 2, 0) * 255).astype(np.uint8) for x in (b, a))
+        k = next(k for k, turn in turns.items() if np.array_equal(b, turn(image)))
+        assert np.array_equal(a, turns[k](marked)), "the after image turned differently from the before"
+        seen.add(k)
+    assert seen == {0, 1, 2, 3}
+
 def test_edit_focus_centres_windows_on_retouched_pixels(ffhqr: Path) -> None:
     pair = FilePairs(list_pairs(ffhqr, split="train"))
     before, after = pair.load(0)  # the real FFHQR pair: about 11% of pixels changed

@@ -66,6 +66,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
                       help="centre windows on the central face region (aligned faces) or on retouched pixels; auto picks by layout")
     data.add_argument("--background-prob", type=float, default=D.background_prob, help="share of windows taken anywhere in the image")
     data.add_argument("--no-mirror", dest="mirror", action="store_false", help="no random left-right mirroring")
+    data.add_argument("--rotate", action="store_true",
+                      help="random quarter turns of the windows: more views of a few faces' spots (spots on skin have no up)")
     data.add_argument("--colour-jitter", type=float, default=D.colour_jitter, help="max brightness/contrast/saturation change (0: off)")
     data.add_argument("--face-scale", type=float, default=D.face_scale, metavar="PX",
                       help="resample every pair so the largest face's eye centres are PX pixels apart (its IOD) before "

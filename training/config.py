@@ -37,6 +37,7 @@ class TrainConfig:
     focus: Focus = "auto"  # where windows are centred: "center" for aligned faces, "edits" elsewhere
     background_prob: float = 0.2  # share of windows drawn uniformly from the whole image
     mirror: bool = True
+    rotate: bool = False  # random quarter turns of each window (for a few faces: spots have no up)
     colour_jitter: float = 0.05  # max relative brightness/contrast/saturation change
     # > 0: every pair is resampled so its largest face's IOD (eye centre to eye centre) is this
     # many px, and the exported model declares that scale; 0: photos as they are ("native").

@@ -189,7 +189,7 @@ def _datasets(
         if not len(train_source):
             raise DataError(f"no face found in any training pair of {root}: --face-scale needs portraits")
     focus = config.focus if config.focus != "auto" else ("center" if train_listing.aligned else "edits")
-    spec = WindowSpec(config.window, focus, config.background_prob, config.mirror, config.colour_jitter)
+    spec = WindowSpec(config.window, focus, config.background_prob, config.mirror, config.colour_jitter, config.rotate)
     return WindowDataset(train_source, spec, seed=config.seed), val_source, left_out
 
 

@@ -2,7 +2,7 @@
 
 The dataset reads pairs through a ``PairSource`` (files on disk today; a synthetic generator
 can be another source later) and cuts one w x w window per item, the same for both images,
-with the same mirror and colour perturbation. All randomness of an item comes from
+with the same mirror, quarter turn and colour perturbation. All randomness of an item comes from
 ``(seed, epoch, index)``: windows do not depend on worker count, rank or resume point, which
 is what makes ``--resume`` exact and DDP ranks independent without seeding workers.
 
@@ -68,6 +68,7 @@ class WindowSpec:
     background_prob: float = 0.2
     mirror: bool = True
     colour_jitter: float = 0.05
+    rotate: bool = False  # quarter turns: a spot on skin has no up, and a few faces need every view
 
 
 class WindowDataset(Dataset):
@@ -106,6 +107,9 @@ class WindowDataset(Dataset):
         a = to_float(after[y : y + w, x : x + w])
         if spec.mirror and rng.random() < 0.5:
             b, a = b[:, ::-1], a[:, ::-1]
+        if spec.rotate:
+            turns = int(rng.integers(4))
+            b, a = np.rot90(b, turns), np.rot90(a, turns)
         if spec.colour_jitter > 0:
             gains = 1 + rng.uniform(-spec.colour_jitter, spec.colour_jitter, size=3)
             b, a = _colour(b, gains), _colour(a, gains)
