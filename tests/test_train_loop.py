@@ -84,6 +84,11 @@ def test_resume_refuses_other_hyperparameters(ffhqr: Path, tmp_path: Path) -> No
         train(replace(config, lr_g=1e-2), tmp_path / "run", resume=True)
     with pytest.raises(ResumeError, match="cannot continue"):
         train(config, tmp_path / "elsewhere", resume=True)
+    # A new run into the same folder without --resume would overwrite the first: refused, untouched.
+    saved = (tmp_path / "run" / "last.pt").read_bytes()
+    with pytest.raises(ResumeError, match="already holds a run"):
+        train(config, tmp_path / "run")
+    assert (tmp_path / "run" / "last.pt").read_bytes() == saved
 
 
 def test_bad_file_mid_epoch_is_skipped_and_counted(ffhqr: Path, tmp_path: Path) -> None:

@@ -89,6 +89,8 @@ def _train(
     config: TrainConfig, run_dir: Path, resume: bool, command: str, device: torch.device, rank: int, world: int
 ) -> TrainResult:
     ddp, master = dist.is_initialized(), rank == 0  # only rank 0 writes logs and checkpoints
+    if not resume and (run_dir / "last.pt").exists():  # a new run would overwrite hours of training
+        raise ResumeError(f"{run_dir} already holds a run (last.pt): add --resume to continue it, or give another --out")
     # Resuming, the hyperparameters come from the checkpoint; the command line only changes run fields.
     state = _resumed(config, run_dir) if resume else RunState(config)
     config, state.command = state.config, command
