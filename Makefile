@@ -42,8 +42,8 @@ serve: $(VENV)/.installed
 # gives the real face and seven with synthetic blemishes as inputs. (1) every synthetic kind;
 # (2) `--init` from (1) with synthetic pimples and redness only: synthetic brown spots look like
 # freckles, and (1) learns to lighten both; (3) `--init` from (2), the colour error of the edited
-# pixels weighing 5 (`--edit-weight`): plain MSE leaves a small model removing a fraction of each
-# red spot. MSE at the face scale, 96-px windows centred on the edits (0.37 IOD: a blemish and its
+# pixels weighing 5 (`--edit-weight`: plain MSE leaves a small model removing a fraction of each
+# red spot) and random quarter turns (`--rotate`: twelve faces are few enough to memorise). MSE at the face scale, 96-px windows centred on the edits (0.37 IOD: a blemish and its
 # surroundings); exported with no floor (the skin mask keeps everything else exact, and a floor
 # would halve the faint edits a small model makes). Held out: FFHQ 00009, StyleAvatar input 2 and
 # the Ike Louie Natividad portrait (and the FFHQR pairs).
@@ -67,7 +67,7 @@ starter-model: $(VENV)/.installed
 	$(TRAIN) train --data $(HEAL)/local --out $(HEAL)/tuned $(HEAL_RUN) --init $(HEAL)/run/last.pt --lr-g 5e-4 \
 		--epochs 150 --val-every 150
 	$(TRAIN) train --data $(HEAL)/local --out $(HEAL)/finish $(HEAL_RUN) --init $(HEAL)/tuned/last.pt --lr-g 5e-4 \
-		--epochs 60 --val-every 60 --edit-weight 5
+		--epochs 60 --val-every 60 --edit-weight 5 --rotate
 	$(TRAIN) export --run $(HEAL)/finish --which last --residual-floor 0 --out plugin_server/weights/starter.pt
 
 # The README's model-card figures and crops for MODEL (default: the starter model), on material

@@ -75,11 +75,11 @@ def test_eyes_background_and_all_but_skin_come_back_bit_identical(starter, path,
 
 
 def test_held_out_red_spots_lose_redness_and_skin_keeps_its_texture_and_freckles(starter, portraits_dir):
-    # The model card's figures (README): 33 % of the redness of StyleAvatar 2's red spots goes and
+    # The model card's figures (README): 43 % of the redness of StyleAvatar 2's red spots goes and
     # 32 % on the Ike portrait (the heal procedure removes 79 % and 81 %; the issue's goal was 50 %),
-    # whose freckles keep 89 % of their contrast (92 % before the colour-weighted stage). The bounds
-    # here catch a model that does nothing, flattens the skin or lightens freckles.
-    for name, removed in (("styleavatar-retouching-input-2.png", 0.25), ("pexels-ike-louie-natividad-2709388.jpg", 0.25)):
+    # whose freckles keep 90 % of their contrast (92 % before stage 3 weighted the edits' colour).
+    # The bounds here catch a model that does nothing, flattens the skin or lightens freckles.
+    for name, removed in (("styleavatar-retouching-input-2.png", 0.3), ("pexels-ike-louie-natividad-2709388.jpg", 0.25)):
         before, after = _retouch(starter, PORTRAITS / name)
         figures = face_figures(before, after, landmarks.find_faces(before)[0])
         assert figures["red_spots"] >= 5
