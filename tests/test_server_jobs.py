@@ -167,7 +167,9 @@ def test_disconnect_cancels_a_synchronous_request(server):
     before = server.health()["queue"]["cancelled"]
     body = protocol.message_for(_image(2048, 7))
     sock = socket.create_connection(("127.0.0.1", server.port))
-    sock.sendall(b"POST /v1/retouch HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-msgpack\r\n"
+    # The whole image, tile by tile: a job long enough to be seen running (with faces on, noise has
+    # no face and the job can end between two polls).
+    sock.sendall(f"POST /v1/retouch?{WHOLE} HTTP/1.1\r\n".encode() + b"Host: 127.0.0.1\r\nContent-Type: application/x-msgpack\r\n"
                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
     deadline = time.monotonic() + 20
     while server.health()["queue"]["running"] == 0:
