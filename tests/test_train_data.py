@@ -96,7 +96,6 @@ def test_windows_are_deterministic_and_augment_both_images_alike(ffhqr: Path) ->
     assert 0 <= float(b1.min()) and float(b1.max()) <= 1
 
 
-
 def test_rotate_gives_all_four_quarter_turns_of_both_images_alike() -> None:
     image = np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3)  # no two quarter turns alike
     marked = image.copy()
@@ -113,6 +112,7 @@ def test_rotate_gives_all_four_quarter_turns_of_both_images_alike() -> None:
         assert np.array_equal(a, turns[k](marked)), "the after image turned differently from the before"
         seen.add(k)
     assert seen == {0, 1, 2, 3}
+
 
 def test_edit_focus_centres_windows_on_retouched_pixels(ffhqr: Path) -> None:
     pair = FilePairs(list_pairs(ffhqr, split="train"))

@@ -56,7 +56,6 @@ def test_keep_weight_makes_an_unwanted_edit_cost_more_than_a_missed_one() -> Non
     assert torch.isclose(weighted_mse(also_channel, before, target, 4.0), torch.tensor(0.5**2 / n))
 
 
-
 def test_edit_weight_makes_the_colour_of_a_missed_edit_cost_more_and_only_past_two_levels() -> None:
     before = torch.full((1, 3, 4, 4), 0.5)
     target = before.clone()

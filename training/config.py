@@ -81,8 +81,9 @@ class TrainConfig:
             raise ValueError("loss weights must be >= 0 and at least one must be > 0")
         if not 0 <= self.background_prob <= 1:
             raise ValueError(f"background_prob must be in [0, 1], got {self.background_prob}")
-        if self.keep_weight <= 0 or self.edit_weight <= 0:
-            raise ValueError(f"keep_weight and edit_weight must be > 0, got {self.keep_weight} and {self.edit_weight}")
+        for name in ("keep_weight", "edit_weight"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if not (self.face_scale >= 0 and math.isfinite(self.face_scale)):
             raise ValueError(f"face_scale must be 0 (native) or a positive IOD in pixels, got {self.face_scale}")
         if self.ragan_window < 1:
