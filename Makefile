@@ -43,7 +43,8 @@ serve: $(VENV)/.installed
 # (2) `--init` from (1) with synthetic pimples and redness only: synthetic brown spots look like
 # freckles, and (1) learns to lighten both; (3) `--init` from (2), the colour error of the edited
 # pixels weighing 5 (`--edit-weight`: plain MSE leaves a small model removing a fraction of each
-# red spot) and random quarter turns (`--rotate`: twelve faces are few enough to memorise). MSE at the face scale, 96-px windows centred on the edits (0.37 IOD: a blemish and its
+# red spot) and random quarter turns (`--rotate`: twelve faces are few enough to memorise). MSE
+# at the face scale, 96-px windows centred on the edits (0.37 IOD: a blemish and its
 # surroundings); exported with no floor (the skin mask keeps everything else exact, and a floor
 # would halve the faint edits a small model makes). Held out: FFHQ 00009, StyleAvatar input 2 and
 # the Ike Louie Natividad portrait (and the FFHQR pairs).

@@ -169,7 +169,8 @@ def test_disconnect_cancels_a_synchronous_request(server):
     sock = socket.create_connection(("127.0.0.1", server.port))
     # The whole image, tile by tile: a job long enough to be seen running (with faces on, noise has
     # no face and the job can end between two polls).
-    sock.sendall(f"POST /v1/retouch?{WHOLE} HTTP/1.1\r\n".encode() + b"Host: 127.0.0.1\r\nContent-Type: application/x-msgpack\r\n"
+    sock.sendall(f"POST /v1/retouch?{WHOLE} HTTP/1.1\r\n".encode()
+                 + b"Host: 127.0.0.1\r\nContent-Type: application/x-msgpack\r\n"
                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
     deadline = time.monotonic() + 20
     while server.health()["queue"]["running"] == 0:
