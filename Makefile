@@ -73,8 +73,11 @@ starter-model: $(VENV)/.installed
 
 # The README's model-card figures and crops for MODEL (default: the starter model), on material
 # held out from training: make model-card MODEL=model.pt. Which portraits and squares of skin the
-# card shows is data: CARD_CROPS (see its "about").
+# card shows is data: CARD_CROPS (see its "about"). At another strength, elsewhere:
+# make model-card STRENGTH=1.5 CARD_OUT=build/card-1.5
 MODEL ?= plugin_server/weights/starter.pt
+STRENGTH ?= 1
+CARD_OUT ?= docs/model-card
 CARD_CROPS := docs/model-card/crops.json
 DATA := ../shared/data
 PAIRS := --pair $(DATA)/ffhqr-pair/00000-original.png $(DATA)/ffhqr-pair/00000-retouched.png \
@@ -84,7 +87,7 @@ model-card: $(VENV)/.installed
 	$(TRAIN) heal --out $(HEAL)/card/heal --face-scale $(FACE_SCALE) --synthetic 3 --seed 1 \
 		--photos $(addprefix $(PHOTOS)/,$(HELD_OUT))
 	$(TRAIN) model-card --checkpoint $(MODEL) --heldout $(HEAL)/card/heal --held-out-photos $(HELD_OUT) $(PAIRS) \
-		--photos $(PHOTOS) --crops $(CARD_CROPS) --out docs/model-card
+		--photos $(PHOTOS) --crops $(CARD_CROPS) --strength $(STRENGTH) --out $(CARD_OUT)
 
 # Screenshots of the GIMP plug-in in a real GIMP window for docs/gimp.md (as root, about 3 minutes;
 # uses the test chroot and adds Xvfb, xdotool, openbox and ImageMagick to it). Not part of `make test`.

@@ -49,6 +49,8 @@ def test_help_of_synthetic_and_model_card_says_what_they_do() -> None:
         (["train", "--data", "D", "--out", "OUT", "--window", "4"], 2, "window must be >= 8"),
         (["train", "--data", "D", "--out", "OUT", "--face-scale", "-256"], 2, "face_scale must be 0 (native) or a positive IOD"),
         (["train", "--data", "D", "--out", "OUT", "--edit-weight", "0"], 2, "edit_weight must be > 0"),
+        (["model-card", "--checkpoint", "m.pt", "--photos", ".", "--crops", "c.json", "--out", "OUT", "--strength", "2.5"], 2,
+         "strength must be a number from 0 to 2, got 2.5"),
         # The work failed: exit code 1.
         (["synthetic", "--out", "OUT", "--photos", "missing.png"], 1, "cannot read the photo missing.png"),
     ],
@@ -75,8 +77,8 @@ def test_model_card_refuses_a_bad_crops_file_before_measuring(tmp_path: Path, ca
     assert not (tmp_path / "card").exists()
 
 
-@needs_shared_data
-def test_model_card_measures_what_the_crops_file_names(tmp_path: Path) -> None:
+def _model_card(tmp_path: Path, *extra: str) -> dict:
+    """The card of a tiny model that edits, measured on shared photos: its metrics.json."""
     model = tmp_path / "edits.pt"
     checkpoint.save(model, make_edit_model(0, GeneratorConfig(4, 8, 1), scale=128.0,
                                            metadata={"steps": 7, "trained_on": "nothing"}))
@@ -92,8 +94,15 @@ def test_model_card_measures_what_the_crops_file_names(tmp_path: Path) -> None:
     out = tmp_path / "card"
     assert main(["model-card", "--checkpoint", str(model), "--heldout", str(heldout), "--held-out-photos", "ffhq-00008.png",
                  "--pair", str(teaser / "teaser-1-original.png"), str(teaser / "teaser-1-retouched.png"),
-                 "--photos", str(PORTRAITS), "--crops", str(crops), "--out", str(out), "--device", "cpu"]) == 0
-    report = json.loads((out / "metrics.json").read_text())
+                 "--photos", str(PORTRAITS), "--crops", str(crops), "--out", str(out), "--device", "cpu", *extra]) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+@needs_shared_data
+def test_model_card_measures_what_the_crops_file_names(tmp_path: Path) -> None:
+    report = _model_card(tmp_path)
+    out = tmp_path / "card"
+    assert report["strength"] == 1.0
     assert report["model"] == {"file": "edits.pt", "steps": 7, "trained_on": "nothing", "scale": 128.0, "trained_photos": []}
     assert report["heldout_heal"]["images"] == 1 and report["heldout_heal"]["no_edit"]["psnr"] > 20
     pair = report["pairs"]["teaser-1-original"]
@@ -112,3 +121,14 @@ def test_model_card_measures_what_the_crops_file_names(tmp_path: Path) -> None:
     strip = np.asarray(Image.open(out / "left.png"))
     assert strip.shape == (200, 2 * (3 * 100 + 16), 3)  # before | after | difference, at 2x
     assert np.array_equal(strip[::2, :200:2], before[550:650, 330:430])  # the before panel is the photo
+
+
+@needs_shared_data
+def test_model_card_at_strength_0_measures_photos_left_as_they_were(tmp_path: Path) -> None:
+    report = _model_card(tmp_path, "--strength", "0")
+    assert report["strength"] == 0.0
+    assert report["heldout_heal"]["model"] == report["heldout_heal"]["no_edit"]
+    assert report["pairs"]["teaser-1-original"]["model"]["psnr"] == report["pairs"]["teaser-1-original"]["no_edit"]["psnr"]
+    photo = report["held_out_photos"]["ffhq-00008"]
+    assert photo["changed"] == 0 and photo["faces"][0]["redness_removed_model"] == 0
+    assert all(crop["max_change"] == 0 for crop in report["crops"]["ffhq-00008"])

@@ -206,6 +206,8 @@ def _model_card_parser(sub: argparse._SubParsersAction) -> None:
                    help="JSON file of the crops to show: {'side': pixels, 'crops': [{'photo', 'label', 'centre': [y, x] "
                    "or null for the middle of the skin, 'name'}]}; see docs/model-card/crops.json")
     p.add_argument("--out", required=True, type=Path, help="folder for metrics.json and the crops")
+    p.add_argument("--strength", type=float, default=1.0, metavar="S",
+                   help="retouch at this strength, as a user's --strength: 0 = no change, 1 = as trained, up to 2")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model (always in fp32)")
     p.set_defaults(handler=_cmd_model_card)
 
@@ -330,13 +332,15 @@ def _cmd_heal(args: argparse.Namespace, command: str) -> int:
 
 def _cmd_model_card(args: argparse.Namespace, command: str) -> int:
     from plugin_server import checkpoint
+    from plugin_server.wire import RetouchOptions
 
     from . import model_card
 
-    plan = model_card.read_crops(args.crops)  # before the slow part: a bad file stops at once
+    RetouchOptions(strength=args.strength)  # before the slow part: a bad strength or file stops at once
+    plan = model_card.read_crops(args.crops)
     model = checkpoint.load(args.checkpoint)
     report = model_card.measure(model, args.checkpoint, args.heldout, args.held_out_photos, [tuple(p) for p in args.pair],
-                                plan, args.photos, args.out, resolve_device(args.device))
+                                plan, args.photos, args.out, resolve_device(args.device), args.strength)
     print(model_card.summary(report))
     return 0
 

@@ -28,13 +28,13 @@ from .pairs import to_float
 from .windows import PairSource
 
 
-def retouch_image(model: Model, before: np.ndarray, device: torch.device) -> np.ndarray:
+def retouch_image(model: Model, before: np.ndarray, device: torch.device, strength: float = 1.0) -> np.ndarray:
     """The one call site where evaluation runs the model: (H, W, 3) -> (H, W, 3), same dtype.
 
     Through the server's engine (tiled, exact, bounded memory) in fp32, so that the scores are
     those of what the server returns, rounding to the image's bit depth included.
     """
-    return engine.retouch(before, model, RetouchOptions(device=str(device), precision="fp32"))
+    return engine.retouch(before, model, RetouchOptions(strength=strength, device=str(device), precision="fp32"))
 
 
 @dataclass
@@ -56,9 +56,9 @@ def _mean(values: list[float]) -> float:
 
 
 def evaluate(
-    model: Model, source: PairSource, device: torch.device, limit: int = 0, keep_samples: int = 0
+    model: Model, source: PairSource, device: torch.device, limit: int = 0, keep_samples: int = 0, strength: float = 1.0,
 ) -> Evaluation:
-    """Score the first ``limit`` pairs (all if 0); bad pairs are skipped and named."""
+    """Score the first ``limit`` pairs (all if 0) retouched at ``strength``; bad pairs are skipped and named."""
     model.generator.eval()
     result = Evaluation()
     model_scores, noedit_scores = [], []
@@ -73,7 +73,7 @@ def evaluate(
             return torch.from_numpy(to_float(a)).permute(2, 0, 1).to(device)  # (3, H, W)
 
         before, target = tensor(before_np), tensor(target_np)
-        out = tensor(retouch_image(model, before_np, device))
+        out = tensor(retouch_image(model, before_np, device, strength))
         mask = changed(before, target)
         model_scores.append(_scores(out, target, mask))
         noedit_scores.append(_scores(before, target, mask))

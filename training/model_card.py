@@ -95,8 +95,8 @@ class Retoucher:
     """The model as the server runs it, remembering each photo's faces and result (some photos are
     both measured and cropped)."""
 
-    def __init__(self, model: Model, device: torch.device) -> None:
-        self.model, self.options = model, RetouchOptions(device=str(device), precision="fp32")
+    def __init__(self, model: Model, device: torch.device, strength: float = 1.0) -> None:
+        self.model, self.options = model, RetouchOptions(strength=strength, device=str(device), precision="fp32")
         self.done: dict[Path, tuple[np.ndarray, np.ndarray, float]] = {}
 
     def __call__(self, path: Path) -> tuple[np.ndarray, np.ndarray, float]:
@@ -177,11 +177,12 @@ def face_figures(before: np.ndarray, after: np.ndarray, face: Face, params: Heal
                                  "freckles": skin.found.freckles}
     redness_in = float(np.maximum(skin.redness, 0)[skin.red_spots].mean()) if skin.red_spots.any() else float("nan")
     freckles_in = float(skin.darkness[skin.freckles].mean()) if skin.freckles.any() else float("nan")
-    sigma = params.texture * MEASURE_IOD
+    iod = crop.face.iod  # as `analyse` measured the input (near MEASURE_IOD, not exactly)
+    sigma = params.texture * iod
     energy_in = _high_pass_energy(skin.lab[..., 0], sigma, sure)
     figures["redness_excess_before"] = redness_in
     for name, lab in labs.items():
-        low = low_frequency(lab, MEASURE_IOD, params)
+        low = low_frequency(lab, iod, params)
         redness = np.maximum(low[..., 1] - skin.base[..., 1], 0)
         figures[f"redness_excess_{name}"] = float(redness[skin.red_spots].mean()) if skin.red_spots.any() else float("nan")
         figures[f"redness_removed_{name}"] = 1 - figures[f"redness_excess_{name}"] / redness_in
@@ -246,17 +247,19 @@ def crops(plan: CropPlan, photos: Path, out: Path, retoucher: Retoucher) -> dict
 
 def measure(
     model: Model, checkpoint: Path, heldout: list[Path], held_out_photos: list[str], pairs: list[tuple[Path, Path]],
-    plan: CropPlan, photos: Path, out: Path, device: torch.device,
+    plan: CropPlan, photos: Path, out: Path, device: torch.device, strength: float = 1.0,
 ) -> dict[str, Any]:
-    """Every figure of the model card; writes OUT/metrics.json and the crops, returns the report."""
+    """Every figure of the model card, every retouch at ``strength``; writes OUT/metrics.json and the
+    crops, returns the report."""
+    retoucher = Retoucher(model, device, strength)
     out.mkdir(parents=True, exist_ok=True)
     meta = model.metadata
-    retoucher = Retoucher(model, device)
     engine = meta.get("data_engine") or {}
     report = {
         "model": {"file": checkpoint.name, "steps": meta.get("steps"), "trained_on": meta.get("trained_on"),
                   "scale": model.scale, "trained_photos": sorted(engine.get("photos", {}))},
-        **{f"heldout_{d.name}": _scores(model, d, device) for d in heldout},
+        "strength": retoucher.options.strength,
+        **{f"heldout_{d.name}": _scores(model, d, device, retoucher.options.strength) for d in heldout},
         "pairs": {Path(before).stem: real_pair(before, after, retoucher) for before, after in pairs},
         "held_out_photos": {Path(name).stem: held_out_photo(photos / name, retoucher) for name in held_out_photos},
         "crops": crops(plan, photos, out, retoucher),
@@ -265,14 +268,14 @@ def measure(
     return report
 
 
-def _scores(model: Model, folder: Path, device: torch.device) -> dict[str, Any]:
-    result = evaluate(model, FilePairs(list_pairs(folder, layout="studio")), device)
+def _scores(model: Model, folder: Path, device: torch.device, strength: float) -> dict[str, Any]:
+    result = evaluate(model, FilePairs(list_pairs(folder, layout="studio")), device, strength=strength)
     return {"images": result.images, "no_edit": result.noedit, "model": result.model}
 
 
 def summary(report: dict[str, Any]) -> str:
     """The tables of a report, as printed."""
-    lines = []
+    lines = [f"every retouch at strength {report['strength']:g}"]
     for key in (k for k in report if k.startswith("heldout_")):
         lines.append(f"{key} ({report[key]['images']} pairs, against the healed target)")
         lines.append(format_table([("No edit", report[key]["no_edit"]), ("Model", report[key]["model"])]))
